@@ -1,0 +1,249 @@
+"""The ``onnxpass`` command line: run, list, match.
+
+User mistakes print one line (``onnxpass: error: ...``) and exit 2, writing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from onnxpass.errors import OnnxpassError
+from onnxpass.graph import Graph, check_model, load_model, save_model
+
+EXIT_USER_ERROR = 2
+EXIT_VERIFY_FAILED = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OnnxpassError as e:
+        print(f"onnxpass: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("onnxpass: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onnxpass", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="rewrite a model with a pipeline of passes")
+    r.add_argument("model", help="input .onnx file (never overwritten)")
+    r.add_argument("--passes", default="default",
+                   help="comma-separated passes or pipelines, NAME[=FORM] (default: default)")
+    r.add_argument("-o", "--output", help="output .onnx (default: MODEL.onnxpass.onnx beside it)")
+    r.add_argument("--verify", action="store_true",
+                   help="run original and rewritten model in ONNX Runtime and compare outputs")
+    r.add_argument("--inputs", help=".npz of inputs for --verify (default: random)")
+    r.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="value of a symbolic input dim for random inputs (default 2)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--rtol", type=float, default=1e-4)
+    r.add_argument("--atol", type=float, default=1e-5)
+    r.add_argument("--dump-dir", help="write the graph after each pass that changed it")
+    r.add_argument("--no-check", action="store_true",
+                   help="skip onnx.checker after each pass (shape inference still runs)")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list passes, their forms and pipelines")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    m = sub.add_parser("match", help="show where passes match, and with --explain why not")
+    m.add_argument("model")
+    m.add_argument("--passes", required=True)
+    m.add_argument("--explain", action="store_true",
+                   help="list every place a pass was tried, how far it got and why it stopped")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_match)
+    return p
+
+
+def _load(path: str) -> Graph:
+    model = load_model(path)
+    check_model(model, path)
+    return Graph(model, str(Path(path).resolve().parent))
+
+
+def _default_output(model: Path) -> Path:
+    stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
+    return model.with_name(f"{stem}.onnxpass.onnx")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from onnxpass.passes.base import parse_passes
+    from onnxpass.passes.manager import PassManager
+
+    src = Path(args.model)
+    out = Path(args.output) if args.output else _default_output(src)
+    if src.exists() and out.exists() and src.resolve() == out.resolve():
+        raise OnnxpassError(f"{out}: output would overwrite the input model")
+    passes = parse_passes(args.passes)  # fail on unknown names before reading anything big
+    dims = _parse_dims(args.dim)
+    feeds = None
+    if args.verify and args.inputs:
+        from onnxpass.verify import load_inputs
+
+        feeds = load_inputs(args.inputs)
+    t0 = time.perf_counter()
+    graph = _load(str(src))
+    original_bytes = None
+    if args.verify and not _has_external_data(graph):
+        original_bytes = graph.model.SerializeToString()
+    load_s = time.perf_counter() - t0
+    progress = None if args.quiet or args.json else (lambda msg: print(msg, file=sys.stderr))
+    result = PassManager(passes, check=not args.no_check, dump_dir=args.dump_dir,
+                         progress=progress).run(graph)
+    model = result.graph.to_model()
+    t1 = time.perf_counter()
+    save_model(model, out, graph.base_dir)
+    save_s = time.perf_counter() - t1
+    verify_lines: list[str] = []
+    if args.verify:
+        verify_lines = _verify(src, out, original_bytes, feeds, dims, args)
+    summary = {
+        "input": str(src), "output": str(out), "rounds": result.rounds, "notes": result.notes,
+        "passes": [s.__dict__ for s in result.stats],
+        "load_seconds": load_s, "save_seconds": save_s, "verify": verify_lines,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        _print_table(result.stats)
+        for line in verify_lines:
+            print(f"verify {line}")
+        print(f"wrote {out}")
+    if verify_lines and not all(line.endswith("ok") for line in verify_lines):
+        print(f"onnxpass: error: {out}: outputs differ from {src} beyond rtol={args.rtol} "
+              f"atol={args.atol}; output removed", file=sys.stderr)
+        _remove_output(out)
+        return EXIT_VERIFY_FAILED
+    return 0
+
+
+def _verify(src: Path, out: Path, original_bytes: bytes | None, feeds, dims, args) -> list[str]:  # type: ignore[no-untyped-def]
+    import onnx
+
+    from onnxpass.verify import compare_models, random_inputs
+
+    original: onnx.ModelProto | str = str(src)
+    if original_bytes is not None:
+        original = onnx.load_from_string(original_bytes)
+    if feeds is None:
+        feeds = random_inputs(load_model(src), args.seed, dims)
+    try:
+        stats = compare_models(original, str(out), feeds, args.rtol, args.atol)
+    except OnnxpassError:
+        _remove_output(out)
+        raise
+    return [s.line() for s in stats]
+
+
+def _remove_output(out: Path) -> None:
+    for p in (out, out.with_name(out.name + ".data")):
+        if p.exists():
+            p.unlink()
+
+
+def _has_external_data(graph: Graph) -> bool:
+    from onnx import TensorProto
+
+    return any(t.data_location == TensorProto.EXTERNAL for t in graph.model.graph.initializer)
+
+
+def _parse_dims(items: list[str]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise OnnxpassError(f"--dim {item!r}: expected NAME=N")
+        dims[name.strip()] = int(value)
+    return dims
+
+
+def _print_table(stats) -> None:  # type: ignore[no-untyped-def]
+    rows = [("pass", "matches", "nodes before", "nodes after", "time (s)")]
+    rows += [(s.name, str(s.matches), str(s.nodes_before), str(s.nodes_after), f"{s.seconds:.3f}")
+             for s in stats]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    for k, r in enumerate(rows):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                        enumerate(zip(r, widths))))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from onnxpass.passes.base import pipelines, registry
+
+    passes = registry()
+    if args.json:
+        print(json.dumps({
+            "passes": {n: {"summary": c.summary, "forms": list(c.forms),
+                           "default_form": c.default_form} for n, c in sorted(passes.items())},
+            "pipelines": pipelines()}, indent=2))
+        return 0
+    width = max(len(n) for n in passes)
+    for name, cls in sorted(passes.items()):
+        forms = f"  [forms: {', '.join(f + ('*' if f == cls.default_form else '') for f in cls.forms)}]" \
+            if cls.forms else ""
+        print(f"{name.ljust(width)}  {cls.summary}{forms}")
+    print()
+    for name, specs in sorted(pipelines().items()):
+        print(f"pipeline {name}: {','.join(specs)}")
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from onnxpass.passes.base import PatternPass, parse_passes
+    from onnxpass.patterns.rule import explain
+
+    passes = parse_passes(args.passes)
+    graph = _load(args.model)
+    graph.refresh_types()
+    report = []
+    for p in passes:
+        if not isinstance(p, PatternPass):
+            continue
+        for a in explain(graph, p.rules()):
+            if not args.explain and not a.matched:
+                continue
+            where = a.node.name or a.node.outputs[0]
+            entry = {"pass": p.label, "rule": a.rule, "node": where, "op": a.node.op_type,
+                     "matched": a.matched, "ops_matched": a.depth, "pattern_ops": a.size,
+                     "reason": a.reason,
+                     "stopped_at": (a.at.name or a.at.outputs[0]) if a.at is not None else None}
+            report.append(entry)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for e in report:
+        head = f"{e['pass']}/{e['rule']} at {e['op']} {e['node']!r}:"
+        if e["matched"]:
+            print(f"{head} matched ({e['ops_matched']} ops)")
+        else:
+            at = f" at {e['stopped_at']!r}" if e["stopped_at"] else ""
+            print(f"{head} stopped after {e['ops_matched']}/{e['pattern_ops']} ops{at}: "
+                  f"{e['reason']}")
+    if not report:
+        print("no matches" if not args.explain else "no place to try these passes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+

@@ -1,0 +1,656 @@
+"""The graph layer: the one place that loads, edits and saves ONNX models.
+
+A :class:`Graph` wraps a ``ModelProto``. Nodes are small :class:`Node` objects; initializers stay in
+the proto, untouched, so weights are never copied or decoded unless a pass asks for their value.
+The graph keeps producer and consumer maps, treats Constant nodes and initializers alike as
+constants, and offers one edit operation, :meth:`Graph.replace`, that refuses any rewrite that is
+not self-contained.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from onnxpass.errors import ModelLoadError, PassError
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+# A tensor with more elements than this is a "weight": left out of the skeleton used for checking,
+# shape inference and opset conversion, so those never copy model weights.
+_WEIGHT_ELEMENTS = 1024
+_TWO_GB = 2**31 - 1
+
+# Ops whose attribute became an input in a later opset: attribute name -> input index.
+# The matcher reads both forms through Node.attr(), so patterns never care which one a model uses.
+ATTR_INPUTS: dict[str, dict[str, int]] = {
+    **{
+        op: {"axes": 1}
+        for op in (
+            "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+            "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Squeeze", "Unsqueeze",
+        )
+    },
+    "Split": {"split": 1},
+    "Clip": {"min": 1, "max": 2},
+}
+
+
+class Node:
+    """One ONNX node. ``inputs``/``outputs`` are value names ("" for an absent optional input)."""
+
+    __slots__ = ("op_type", "domain", "inputs", "outputs", "attrs", "name", "metadata", "graph",
+                 "doc_string", "__weakref__")
+
+    def __init__(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str],
+                 attrs: dict[str, AttributeProto] | None = None, *, domain: str = "",
+                 name: str = "", metadata: dict[str, str] | None = None, doc_string: str = "") -> None:
+        self.op_type = op_type
+        self.domain = "" if domain == "ai.onnx" else domain
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.attrs: dict[str, AttributeProto] = dict(attrs or {})
+        self.name = name
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.doc_string = doc_string
+        self.graph: Graph | None = None
+
+    @classmethod
+    def from_proto(cls, p: onnx.NodeProto) -> Node:
+        return cls(p.op_type, p.input, p.output, {a.name: a for a in p.attribute}, domain=p.domain,
+                   name=p.name, metadata={e.key: e.value for e in p.metadata_props},
+                   doc_string=p.doc_string)
+
+    def to_proto(self) -> onnx.NodeProto:
+        p = onnx.NodeProto(op_type=self.op_type, domain=self.domain, name=self.name,
+                           input=self.inputs, output=self.outputs, doc_string=self.doc_string)
+        p.attribute.extend(self.attrs[k] for k in sorted(self.attrs))
+        for k, v in self.metadata.items():
+            p.metadata_props.add(key=k, value=v)
+        return p
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        """Attribute value as a Python object, reading the input form where the op moved it to one
+        (ReduceMean ``axes`` at opset 18) and the schema's default when absent."""
+        if name in self.attrs:
+            return helper.get_attribute_value(self.attrs[name])
+        idx = ATTR_INPUTS.get(self.op_type, {}).get(name)
+        if idx is not None and self.domain == "" and len(self.inputs) > idx and self.inputs[idx]:
+            if self.graph is None:
+                return default
+            val = self.graph.const_value(self.inputs[idx])
+            if val is None:
+                return _NOT_CONSTANT
+            return val.tolist()
+        if default is None and self.graph is not None:
+            return self.graph.schema_default(self, name)
+        return default
+
+    @property
+    def data_inputs(self) -> list[str]:
+        """Inputs that are data, not an attribute in input form."""
+        moved = ATTR_INPUTS.get(self.op_type) if self.domain == "" else None
+        if not moved:
+            return self.inputs
+        first = min(moved.values())
+        return self.inputs[:first]
+
+    def __repr__(self) -> str:
+        label = f"{self.domain}.{self.op_type}" if self.domain else self.op_type
+        return f"{label}({', '.join(self.inputs)}) -> {', '.join(self.outputs)}" + (
+            f" [{self.name}]" if self.name else "")
+
+
+class _NotConstant:
+    def __repr__(self) -> str:
+        return "<not constant>"
+
+
+_NOT_CONSTANT = _NotConstant()
+NOT_CONSTANT: Any = _NOT_CONSTANT
+
+
+class Graph:
+    """An editable view of a model's main graph."""
+
+    def __init__(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str] = "") -> None:
+        self.model = model
+        self.base_dir = str(base_dir)
+        g = model.graph
+        self.nodes: list[Node] = []
+        self.producer: dict[str, Node] = {}
+        self.consumers: dict[str, list[Node]] = {}
+        self.inputs = [i.name for i in g.input]
+        self.outputs = [o.name for o in g.output]
+        self._output_set = set(self.outputs)
+        self.initializers: dict[str, TensorProto] = {t.name: t for t in g.initializer}
+        self.new_initializers: dict[str, TensorProto] = {}
+        self.types: dict[str, onnx.TypeProto] = {}
+        self._const_cache: dict[str, np.ndarray | None] = {}
+        self._names = itertools.count()
+        self._used_names: set[str] = set(self.initializers) | set(self.inputs)
+        self._schema_cache: dict[tuple[str, str, str], Any] = {}
+        self._live_initializers: set[str] = set(self.initializers)
+        for vi in itertools.chain(g.input, g.output, g.value_info):
+            if vi.type.HasField("tensor_type"):
+                self.types[vi.name] = vi.type
+        for t in g.initializer:
+            self.types.setdefault(t.name, _tensor_type(t.data_type, t.dims))
+        for p in g.node:
+            self._add(Node.from_proto(p))
+
+    # ---- structure -------------------------------------------------------------------------
+    def _add(self, node: Node) -> None:
+        node.graph = self
+        self.nodes.append(node)
+        for o in node.outputs:
+            if o:
+                self.producer[o] = node
+                self._used_names.add(o)
+        for i in node.inputs:
+            if i:
+                self.consumers.setdefault(i, []).append(node)
+
+    def _remove(self, node: Node) -> None:
+        for o in node.outputs:
+            if self.producer.get(o) is node:
+                del self.producer[o]
+        for i in node.inputs:
+            users = self.consumers.get(i)
+            if users:
+                users[:] = [u for u in users if u is not node]
+        node.graph = None
+
+    def users(self, value: str) -> list[Node]:
+        return self.consumers.get(value, [])
+
+    def is_output(self, value: str) -> bool:
+        return value in self._output_set
+
+    def opset(self, domain: str = "") -> int:
+        for o in self.model.opset_import:
+            if o.domain in (domain, "ai.onnx" if domain == "" else domain):
+                return o.version
+        return 0
+
+    def set_opset(self, domain: str, version: int) -> None:
+        for o in self.model.opset_import:
+            if o.domain == domain:
+                o.version = version
+                return
+        self.model.opset_import.add(domain=domain, version=version)
+
+    def fresh_name(self, hint: str = "v") -> str:
+        while True:
+            name = f"{hint}__{next(self._names)}"
+            if name not in self._used_names and name not in self.producer:
+                self._used_names.add(name)
+                return name
+
+    def live_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.graph is self]
+
+    def op_types(self) -> set[str]:
+        return {n.op_type for n in self.nodes if n.graph is self}
+
+    def schema_default(self, node: Node, name: str) -> Any:
+        key = (node.domain, node.op_type, name)
+        if key not in self._schema_cache:
+            value = None
+            try:
+                schema = onnx.defs.get_schema(node.op_type, self.opset(node.domain), node.domain)
+                a = schema.attributes.get(name)
+                if a is not None and a.default_value.name:
+                    value = helper.get_attribute_value(a.default_value)
+            except Exception:  # unknown op or domain: no default
+                value = None
+            self._schema_cache[key] = value
+        return self._schema_cache[key]
+
+    # ---- constants, shapes, types ----------------------------------------------------------
+    def is_const(self, value: str) -> bool:
+        if value in self.initializers or value in self.new_initializers:
+            return value not in self.inputs
+        p = self.producer.get(value)
+        return p is not None and p.op_type == "Constant" and p.domain == ""
+
+    def const_value(self, value: str) -> np.ndarray | None:
+        """The value of a constant (initializer or Constant node), or None. Decoded on first use."""
+        if value in self._const_cache:
+            return self._const_cache[value]
+        result: np.ndarray | None = None
+        t = self.new_initializers.get(value) or self.initializers.get(value)
+        if t is not None and value not in self.inputs:
+            result = numpy_helper.to_array(t, self.base_dir)
+        else:
+            p = self.producer.get(value)
+            if p is not None and p.op_type == "Constant" and p.domain == "":
+                result = _constant_node_value(p)
+        self._const_cache[value] = result
+        return result
+
+    def const_size(self, value: str) -> int | None:
+        """Number of elements of a constant, without decoding it."""
+        t = self.new_initializers.get(value) or self.initializers.get(value)
+        if t is not None:
+            return int(np.prod(t.dims)) if len(t.dims) else 1
+        v = self.const_value(value)
+        return None if v is None else int(v.size)
+
+    def shape(self, value: str) -> Shape | None:
+        t = self.types.get(value)
+        if t is None or not t.tensor_type.HasField("shape"):
+            c = self.const_value(value) if self.is_const(value) else None
+            return None if c is None else tuple(int(d) for d in c.shape)
+        return tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in t.tensor_type.shape.dim
+        )
+
+    def dtype(self, value: str) -> int | None:
+        t = self.types.get(value)
+        if t is not None and t.tensor_type.elem_type:
+            return t.tensor_type.elem_type
+        init = self.new_initializers.get(value) or self.initializers.get(value)
+        if init is not None:
+            return init.data_type
+        c = self.const_value(value) if self.is_const(value) else None
+        return None if c is None else helper.np_dtype_to_tensor_dtype(c.dtype)
+
+    def rank(self, value: str) -> int | None:
+        s = self.shape(value)
+        return None if s is None else len(s)
+
+    # ---- editing ---------------------------------------------------------------------------
+    def add_initializer(self, array: np.ndarray, hint: str = "const") -> str:
+        name = self.fresh_name(hint)
+        self.new_initializers[name] = numpy_helper.from_array(np.asarray(array), name)
+        self.types[name] = _tensor_type(helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype),
+                                        np.shape(array))
+        return name
+
+    def replace(self, matched: Iterable[Node], old_outputs: Sequence[str], new_nodes: Sequence[Node],
+                new_outputs: Sequence[str]) -> None:
+        """Replace the subgraph ``matched`` by ``new_nodes``; ``old_outputs[i]`` becomes
+        ``new_outputs[i]``. Raises :class:`RewriteRefused` when the match is not self-contained."""
+        matched = list({id(n): n for n in matched}.values())
+        self.check_self_contained(matched, old_outputs)
+        mapping = dict(zip(old_outputs, new_outputs))
+        # Where a new output is a fresh value, give it the old name so consumers and graph outputs
+        # stay as they are; where it is a pre-existing value, rewire consumers instead.
+        rename = {new: old for old, new in mapping.items() if _produced_by(new, new_nodes)}
+        for node in new_nodes:
+            node.outputs = [rename.get(o, o) for o in node.outputs]
+            node.inputs = [rename.get(i, i) for i in node.inputs]
+        for n in matched:
+            self._remove(n)
+        for old, new in mapping.items():
+            if new in rename:
+                continue
+            if self.is_output(old):
+                new_nodes = [*new_nodes, Node("Identity", [new], [old], name=self.fresh_name("id"))]
+                continue
+            for user in list(self.users(old)):
+                user.inputs = [new if i == old else i for i in user.inputs]
+                self.consumers.setdefault(new, []).append(user)
+            self.consumers.pop(old, None)
+        for node in new_nodes:
+            self._add(node)
+
+    def check_self_contained(self, matched: Sequence[Node], outputs: Sequence[str]) -> None:
+        inside = {id(n) for n in matched}
+        out_set = set(outputs)
+        for n in matched:
+            for o in n.outputs:
+                if not o or o in out_set:
+                    continue
+                if self.is_output(o):
+                    raise RewriteRefused(f"internal value {o!r} is a graph output")
+                for u in self.users(o):
+                    if id(u) not in inside:
+                        raise RewriteRefused(f"internal value {o!r} is also used by {u.op_type} "
+                                             f"{u.name or u.outputs[0]!r} outside the match")
+        if len(outputs) > 1 and self._reaches_inputs(matched, outputs):
+            raise RewriteRefused("rewrite would create a cycle")
+
+    def _reaches_inputs(self, matched: Sequence[Node], outputs: Sequence[str]) -> bool:
+        inside = {id(n) for n in matched}
+        produced = {o for n in matched for o in n.outputs}
+        ins = {i for n in matched for i in n.inputs if i and i not in produced}
+        seen: set[int] = set()
+        stack = [u for o in outputs for u in self.users(o) if id(u) not in inside]
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            if any(o in ins for o in n.outputs):
+                return True
+            stack.extend(u for o in n.outputs for u in self.users(o) if id(u) not in inside)
+        return False
+
+    def remove_dead(self) -> int:
+        """Remove nodes and initializers that no graph output depends on."""
+        live: set[str] = set(self.outputs)
+        keep: list[Node] = []
+        removed = 0
+        for n in reversed(self.toposort()):
+            if any(o in live for o in n.outputs) or _has_side_effects(n):
+                keep.append(n)
+                live.update(i for i in n.inputs if i)
+                live.update(_subgraph_captures(n))
+            else:
+                self._remove(n)
+                removed += 1
+        self.nodes = keep[::-1]
+        for name in [k for k in self.new_initializers if k not in live]:
+            del self.new_initializers[name]
+        self._live_initializers = live
+        return removed
+
+    def toposort(self) -> list[Node]:
+        """Stable topological order of the live nodes (original order where it is valid)."""
+        nodes = self.live_nodes()
+        index = {id(n): k for k, n in enumerate(nodes)}
+        indeg = {id(n): 0 for n in nodes}
+        for n in nodes:
+            deps = {id(self.producer[i]) for i in _all_inputs(n) if i in self.producer}
+            deps.discard(id(n))
+            indeg[id(n)] = len(deps)
+        import heapq
+
+        ready = [index[id(n)] for n in nodes if indeg[id(n)] == 0]
+        heapq.heapify(ready)
+        order: list[Node] = []
+        while ready:
+            n = nodes[heapq.heappop(ready)]
+            order.append(n)
+            done: set[int] = set()
+            for o in n.outputs:
+                for u in self.users(o):
+                    if id(u) in done or id(u) not in indeg or u is n:
+                        continue
+                    done.add(id(u))
+                    indeg[id(u)] -= 1
+                    if indeg[id(u)] == 0:
+                        heapq.heappush(ready, index[id(u)])
+        if len(order) != len(nodes):
+            raise PassError("graph has a cycle")
+        self.nodes = order
+        return order
+
+    # ---- back to a model -------------------------------------------------------------------
+    def to_model(self) -> onnx.ModelProto:
+        """Write the edits back into ``self.model`` (in place) and return it."""
+        self.remove_dead()
+        g = self.model.graph
+        live = self._live_initializers | set(self.inputs)
+        for k in reversed([k for k, t in enumerate(g.initializer) if t.name not in live]):
+            del g.initializer[k]
+        g.initializer.extend(self.new_initializers.values())
+        self.initializers = {t.name: t for t in g.initializer}
+        self.new_initializers = {}
+        del g.node[:]
+        g.node.extend(n.to_proto() for n in self.nodes)
+        produced = {o for n in self.nodes for o in n.outputs} - set(self.outputs)
+        del g.value_info[:]
+        g.value_info.extend(helper.make_value_info(v, self.types[v]) for v in sorted(produced)
+                            if v in self.types and self.types[v].tensor_type.elem_type)
+        _prune_opsets(self.model)
+        return self.model
+
+    def refresh_types(self) -> None:
+        """Run shape inference (on the weight-free skeleton) and record every value's type."""
+        model = self.to_model()
+        skel, _ = skeleton(model)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skel, data_prop=True)
+        except Exception:  # inference is best effort: a custom op without schema stops nothing
+            return
+        ig = inferred.graph
+        for vi in itertools.chain(ig.value_info, ig.output):
+            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                self.types[vi.name] = vi.type
+        self._const_cache.clear()
+
+
+class RewriteRefused(Exception):
+    """A rewrite was refused because the match is not self-contained (internal; becomes a
+    MatchFailure in explanations)."""
+
+
+# ---- loading and saving -------------------------------------------------------------------------
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load a model; external data stays on disk, named relative to the model's folder."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"{p}: no such file")
+    if p.is_dir():
+        raise ModelLoadError(f"{p}: is a directory, not an ONNX model")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as e:
+        raise ModelLoadError(f"{p}: not an ONNX model ({_first_line(e)})") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError(f"{p}: not an ONNX model (empty or truncated graph)")
+    if model.ir_version == 0:
+        raise ModelLoadError(f"{p}: not an ONNX model (no IR version)")
+    for t in _external_tensors(model):
+        loc = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not (p.parent / loc).is_file():
+            raise ModelLoadError(f"{p}: external data file {loc!r} of tensor {t.name!r} is missing")
+    return model
+
+
+def check_model(model: onnx.ModelProto, source: str = "model") -> None:
+    """onnx.checker on the weight-free skeleton; raises ModelLoadError with one line."""
+    skel, _ = skeleton(model)
+    try:
+        onnx.checker.check_model(skel, full_check=False)
+    except Exception as e:
+        raise ModelLoadError(f"{source}: invalid ONNX graph: {_first_line(e)}") from None
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: str = "") -> None:
+    """Save atomically (temp file + rename). Tensors that were external stay external, written to
+    ``<output>.data``; so does everything when the model would pass 2 GB."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    external = list(_external_tensors(model))
+    big = external or model.ByteSize() > _TWO_GB
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        if big:
+            _save_with_external_data(model, Path(tmp), out, base_dir)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save_with_external_data(model: onnx.ModelProto, tmp: Path, out: Path, base_dir: str) -> None:
+    data_name = out.name + ".data"
+    data_tmp = tmp.with_name(tmp.name + ".data")
+    offset = 0
+    edits: list[tuple[TensorProto, list[tuple[str, str]]]] = []
+    with open(data_tmp, "wb") as f:
+        for t in _all_tensors(model):
+            if t.data_location == TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in t.external_data}
+                src = Path(base_dir) / info["location"]
+                with open(src, "rb") as s:
+                    s.seek(int(info.get("offset", 0)))
+                    raw = s.read(int(info["length"])) if "length" in info else s.read()
+            elif t.HasField("raw_data") and len(t.raw_data) > _WEIGHT_ELEMENTS:
+                raw = t.raw_data
+            else:
+                continue
+            pad = (-offset) % 4096
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(raw)
+            edits.append((t, [("location", data_name), ("offset", str(offset)),
+                              ("length", str(len(raw)))]))
+            offset += len(raw)
+    originals = []
+    for t, entries in edits:
+        originals.append((t, t.data_location, list(t.external_data), t.raw_data if
+                          t.HasField("raw_data") else None))
+        t.ClearField("raw_data")
+        del t.external_data[:]
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in entries:
+            t.external_data.add(key=k, value=v)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(model.SerializeToString())
+    finally:  # the in-memory model keeps pointing at its original data
+        for t, loc, ext, raw in originals:
+            del t.external_data[:]
+            t.external_data.extend(ext)
+            t.data_location = loc
+            if raw is not None:
+                t.raw_data = raw
+    os.replace(data_tmp, out.with_name(data_name))
+
+
+def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` whose weights are graph inputs instead of initializers: small enough
+    to check, infer and convert cheaply. Returns the skeleton and the names of moved weights."""
+    skel = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(skel, field, getattr(model, field))
+    skel.opset_import.extend(model.opset_import)
+    skel.functions.extend(model.functions)
+    g, sg = model.graph, skel.graph
+    sg.name = g.name
+    sg.node.extend(g.node)
+    sg.input.extend(g.input)
+    sg.output.extend(g.output)
+    sg.value_info.extend(g.value_info)
+    input_names = {i.name for i in g.input}
+    moved: list[str] = []
+    for t in g.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        if n > _WEIGHT_ELEMENTS or t.data_location == TensorProto.EXTERNAL:
+            moved.append(t.name)
+            if t.name not in input_names:
+                sg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            sg.initializer.append(t)
+    return skel, moved
+
+
+def convert_opset(graph: Graph, version: int, why: str) -> Graph:
+    """Raise the default-domain opset with ONNX's version converter, run on the skeleton so
+    weights are not copied. Raises PassError if conversion fails."""
+    from onnx import version_converter
+
+    model = graph.to_model()
+    skel, moved = skeleton(model)
+    try:
+        conv = version_converter.convert_version(skel, version)
+        onnx.checker.check_model(conv)
+    except Exception as e:
+        raise PassError(f"cannot raise opset {graph.opset()} -> {version} for {why}: "
+                        f"{_first_line(e)}") from None
+    moved_set = set(moved)
+    weights = [t for t in model.graph.initializer if t.name in moved_set]
+    g = model.graph
+    del g.node[:]
+    g.node.extend(conv.graph.node)
+    del g.initializer[:]
+    g.initializer.extend(conv.graph.initializer)
+    g.initializer.extend(weights)
+    del g.value_info[:]
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = version
+    return Graph(model, graph.base_dir)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else text
+
+
+def _tensor_type(elem: int, dims: Iterable[int]) -> onnx.TypeProto:
+    return helper.make_tensor_type_proto(elem, list(dims))
+
+
+def _constant_node_value(node: Node) -> np.ndarray | None:
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in node.attrs:
+            v = helper.get_attribute_value(node.attrs[key])
+            if key == "value":
+                return numpy_helper.to_array(v)
+            dtype = np.float32 if "float" in key else np.int64
+            return np.asarray(v, dtype=dtype)
+    return None
+
+
+def _produced_by(value: str, nodes: Sequence[Node]) -> bool:
+    return any(value in n.outputs for n in nodes)
+
+
+def _has_side_effects(node: Node) -> bool:
+    return False
+
+
+def _subgraph_captures(node: Node) -> set[str]:
+    """Outer-scope names used inside If/Loop/Scan bodies."""
+    names: set[str] = set()
+    for a in node.attrs.values():
+        for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+            for n in sub.node:
+                names.update(n.input)
+                for aa in n.attribute:
+                    if aa.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
+                        names.update(_subgraph_captures(Node.from_proto(n)))
+    return names
+
+
+def _all_inputs(node: Node) -> Iterator[str]:
+    yield from (i for i in node.inputs if i)
+    if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attrs.values()):
+        yield from _subgraph_captures(node)
+
+
+def _all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    yield from model.graph.initializer
+    for n in model.graph.node:
+        for a in n.attribute:
+            if a.type == AttributeProto.TENSOR:
+                yield a.t
+
+
+def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
+    return (t for t in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL)
+
+
+def _prune_opsets(model: onnx.ModelProto) -> None:
+    """Drop custom-domain opset imports that no node or function uses any more."""
+    used = {n.domain for n in model.graph.node} | {f.domain for f in model.functions}
+    for f in model.functions:
+        used.update(n.domain for n in f.node)
+    keep = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)

@@ -1,0 +1,7 @@
+"""Registers the passes and pipelines that ship with onnxpass."""
+
+from onnxpass.passes import cleanup, gelu, layernorm  # noqa: F401
+from onnxpass.passes.base import register_pipeline
+
+register_pipeline("cleanup", ["noop", "cse", "dce"])
+register_pipeline("default", ["fold", "noop", "cse", "layernorm", "gelu", "dce"])

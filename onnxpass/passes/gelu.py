@@ -1,0 +1,64 @@
+"""gelu: fuse decomposed GELU.
+
+Matches  x * 0.5 * (1 + erf(x / sqrt 2))  (Div by sqrt 2 or Mul by 1/sqrt 2) and the tanh form
+x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  (Pow 3, x*x*x, or x * (1 + 0.044715 x^2)),
+with the 0.5 on x, on (1 + ...), or on the product. CLIP's quick_gelu, x * sigmoid(1.702 x), is a
+different function and is left alone.
+
+Forms:
+- ``std`` (default): ONNX Gelu (opset 20, ``approximate`` "none" or "tanh"); the model's opset is
+  raised when needed. TensorRT >= 10.0 imports it natively.
+- ``plugin``: a GeluPlugin node (``approximate`` 0 or 1) with its reference local function;
+  existing Gelu nodes are converted too.
+"""
+
+from __future__ import annotations
+
+import math
+
+from onnx import TensorProto
+
+from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.normalize import FLOATS
+from onnxpass.patterns import Alt, Match, MatchFailure, Rule, Var
+
+
+def gelu_pattern(op, x):  # type: ignore[no-untyped-def]
+    erf = op.Erf(op.Div(x, math.sqrt(2.0)) | op.Mul(x, 1 / math.sqrt(2.0)))
+    xx = op.Mul(x, x)
+    cube = op.Pow(x, 3.0) | op.Mul(xx, x)
+    poly = op.Add(x, op.Mul(cube, 0.044715)) | op.Mul(x, op.Add(op.Mul(xx, 0.044715), 1.0))
+    tanh = op.Tanh(op.Mul(poly, math.sqrt(2.0 / math.pi)))
+    one_plus = op.Add(Alt(erf=erf, tanh=tanh, tag="approximate"), 1.0)
+    return (op.Mul(op.Mul(x, 0.5), one_plus)
+            | op.Mul(x, op.Mul(one_plus, 0.5))
+            | op.Mul(op.Mul(x, one_plus), 0.5))
+
+
+def check_gelu(m: Match) -> MatchFailure | None:
+    if m.dtype("x") not in FLOATS:
+        return MatchFailure(f"x has dtype {m.dtype('x')}, not a float type")
+    if m.graph.opset() < 15 and m.dtype("x") != TensorProto.FLOAT:
+        return MatchFailure("a non-float32 GeluPlugin needs opset >= 15")
+    return None
+
+
+@register
+class Gelu(PatternPass):
+    name = "gelu"
+    summary = "fuse decomposed GELU (erf and tanh forms) -> Gelu (std) or GeluPlugin (plugin)"
+    forms = ("std", "plugin")
+    default_form = "std"
+    required_opset = {"std": 20}
+
+    def rules(self) -> list[Rule]:
+        if self.form == "std":
+            return [Rule("gelu", gelu_pattern, check=check_gelu, rewrite=lambda op, m: op.Gelu(
+                m["x"], approximate="tanh" if m.tag("approximate") == "tanh" else "none"))]
+        return [
+            Rule("gelu", gelu_pattern, check=check_gelu, rewrite=lambda op, m: op.plugin(
+                "GeluPlugin", m["x"], approximate=int(m.tag("approximate") == "tanh"))),
+            Rule("gelu-native", lambda op, x: op.Gelu(x, approximate=Var("approximate")),
+                 check=check_gelu, rewrite=lambda op, m: op.plugin(
+                     "GeluPlugin", m["x"], approximate=int(m.attr("approximate") == "tanh"))),
+        ]

@@ -1,0 +1,121 @@
+"""layernorm: fuse decomposed layer normalization.
+
+Matches  y = (x - E[x]) / sqrt(Var[x] + eps) * gamma + beta  over the trailing axes of x (or one
+non-trailing axis, the NCHW form with a Cx1x1 gamma), in the forms exporters write:
+
+- Var[x] as E[(x - E[x])^2] (Pow 2 or Mul(d, d); one or two Subs off the mean) or, as tf2onnx and
+  Flax write it, E[x^2] - E[x]^2, optionally clamped with Max(var, 0);
+- the division as Div, or Mul by Reciprocal(Sqrt(...)); Sqrt or Pow(0.5);
+- gamma and beta each present or absent; Flax's (x - mean) * (Reciprocal(std) * gamma);
+- axes as attribute (opset < 18) or input (opset >= 18). Casts around the whole computation stay
+  where they are: the fused op then sees the same float32 input the original did.
+
+Forms:
+- ``std`` (default): ONNX LayerNormalization (opset 17; the model's opset is raised when needed).
+  TensorRT >= 8.6 imports it natively.
+- ``plugin``: a LayerNormPlugin node with a local function holding the reference decomposition;
+  existing LayerNormalization nodes are converted too.
+
+Never fires when eps is not a constant scalar, the two reductions differ in axes, a reduction
+drops dims (keepdims=0), gamma or beta vary along dims that are not normalized, or an
+intermediate value is used outside the match.
+"""
+
+from __future__ import annotations
+
+from onnx import TensorProto
+
+from onnxpass.passes.base import PatternPass, register
+from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.passes.normalize import FLOATS, NormalizedParams, normalized_params
+
+
+def layernorm_pattern(op, x):  # type: ignore[no-untyped-def]
+    def mean(v):  # type: ignore[no-untyped-def]
+        return op.ReduceMean(v, axes=Var("axes"), keepdims=1)
+
+    def square(v):  # type: ignore[no-untyped-def]
+        return op.Pow(v, 2.0) | op.Mul(v, v)
+
+    mu = mean(x)
+    centered = op.Sub(x, mu)                     # the numerator
+    var_centered = mean(square(op.Sub(x, mu)))   # a second Sub, or the same one
+    moments = op.Sub(mean(square(x)), square(mu))
+    var = Alt(centered=var_centered, moments=moments, clamped=op.Max(moments, 0.0), tag="variance")
+    var_eps = op.Add(var, Const("eps"))
+    std = op.Sqrt(var_eps) | op.Pow(var_eps, 0.5)
+    normed = op.Div(centered, std) | op.Mul(centered, op.Reciprocal(std))
+    scaled = op.Mul(normed, Var("gamma")) | op.Mul(centered, op.Mul(op.Reciprocal(std),
+                                                                      Var("gamma")))
+    return Alt(op.Add(scaled, Var("beta")), scaled, op.Add(normed, Var("beta")), normed)
+
+
+def check_layernorm(m: Match) -> MatchFailure | None:
+    if m.dtype("x") not in FLOATS:
+        return MatchFailure(f"x has dtype {m.dtype('x')}, not a float type")
+    eps = m.const("eps")
+    if eps.size != 1:
+        return MatchFailure(f"eps has {eps.size} elements, expected a scalar")
+    params = normalized_params(m, m.attr("axes"), ("gamma", "beta"))
+    if isinstance(params, MatchFailure):
+        return params
+    if m.graph.opset() < 15 and m.dtype("x") != TensorProto.FLOAT:
+        return MatchFailure("a non-float32 LayerNorm needs opset >= 15")
+    m.facts["params"] = params
+    return None
+
+
+def emit(op: RewriteBuilder, m: Match, p: NormalizedParams, form: str, eps: float) -> str:
+    x = p.to_layout(op, m["x"])
+    if form == "std":
+        y = op.LayerNormalization(x, p.gamma(op), p.beta(op), axis=p.axis, epsilon=eps,
+                                  stash_type=1)
+    else:
+        y = op.plugin("LayerNormPlugin", x, p.gamma(op, required=True), p.beta(op, required=True),
+                      epsilon=eps, axis=p.axis)
+    return p.from_layout(op, y)
+
+
+@register
+class LayerNorm(PatternPass):
+    name = "layernorm"
+    summary = "fuse decomposed LayerNorm -> LayerNormalization (std) or LayerNormPlugin (plugin)"
+    forms = ("std", "plugin")
+    default_form = "std"
+    required_opset = {"std": 17}
+
+    def rules(self) -> list[Rule]:
+        form = self.form or "std"
+        fuse = Rule("layernorm", layernorm_pattern, check=check_layernorm,
+                    rewrite=lambda op, m: emit(op, m, m.facts["params"], form,
+                                               float(m.const("eps").reshape(-1)[0])))
+        if form == "std":
+            return [fuse]
+        native = Rule("layernorm-native", _native_pattern, check=_check_native,
+                      rewrite=lambda op, m: op.plugin(
+                          "LayerNormPlugin", m["x"], m["gamma"],
+                          m.get("beta") or op.const(_zeros_like_param(m)),
+                          epsilon=m.attr("epsilon"), axis=m.attr("axis")))
+        return [fuse, native]
+
+
+def _native_pattern(op, x, gamma, beta):  # type: ignore[no-untyped-def]
+    attrs = {"axis": Var("axis"), "epsilon": Var("epsilon"), "stash_type": 1}
+    return op.LayerNormalization(x, gamma, beta, **attrs) | op.LayerNormalization(x, gamma, **attrs)
+
+
+def _check_native(m: Match) -> MatchFailure | None:
+    if m.graph.opset() < 15 and m.dtype("x") != TensorProto.FLOAT:
+        return MatchFailure("a non-float32 LayerNorm needs opset >= 15")
+    if m.get("beta") is None and m.shape("gamma") is None:
+        return MatchFailure("no beta and gamma's shape is unknown")
+    return None
+
+
+def _zeros_like_param(m: Match):  # type: ignore[no-untyped-def]
+    import numpy as np
+    from onnx import helper
+
+    shape = m.shape("gamma")
+    dtype = helper.tensor_dtype_to_np_dtype(m.dtype("gamma") or TensorProto.FLOAT)
+    return np.zeros([int(d) for d in shape or ()], dtype=dtype)

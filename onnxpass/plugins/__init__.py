@@ -1,0 +1,7 @@
+"""Plugin ops that passes emit. Each module registers one :class:`PluginSpec`."""
+
+from onnxpass.plugins import gelu, layernorm
+from onnxpass.plugins.base import DOMAIN, NAMESPACE, PluginAttr, PluginSpec, all_plugins, get_plugin
+
+__all__ = ["DOMAIN", "NAMESPACE", "PluginAttr", "PluginSpec", "all_plugins", "get_plugin", "gelu",
+           "layernorm"]
