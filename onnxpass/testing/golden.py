@@ -1,0 +1,160 @@
+"""Golden-graph tests: a model in ONNX text syntax, the passes to run, and the expected result.
+
+A ``.golden`` file reads top to bottom::
+
+    # passes: layernorm=plugin
+    # Any other comment lines describe the case.
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,8] x) => (float[2,8] y) { ... }
+    # expected:
+    <ir_version: 8, ...>
+    g (float[2,8] x) => (float[2,8] y) { ... }
+
+A negative case (a near-miss the pass must leave alone) ends in ``# expected: unchanged``.
+The comparison is structural: value and node names are canonicalized (renamed in topological
+order), node metadata and inferred value_info are dropped, initializers compare by value. Then the
+input and the result run in ONNX Runtime on the same random inputs and must agree.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxpass.api import rewrite
+from onnxpass.verify import compare_models, random_inputs
+
+EXPECTED = "# expected:"
+UNCHANGED = "unchanged"
+
+
+class GoldenMismatch(AssertionError):
+    """The rewritten graph differs from the golden file, or its outputs differ from the input's."""
+
+
+@dataclass
+class GoldenCase:
+    path: Path
+    passes: str
+    source: str
+    expected: str | None  # None: the graph must come out unchanged
+    header: str
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+    @classmethod
+    def parse(cls, path: str | Path) -> GoldenCase:
+        path = Path(path)
+        text = path.read_text()
+        head, sep, tail = text.partition(f"\n{EXPECTED}")
+        if not sep:
+            raise GoldenMismatch(f"{path}: no '{EXPECTED}' line")
+        header_lines = []
+        body_start = 0
+        lines = head.splitlines()
+        for body_start, line in enumerate(lines):
+            if not line.startswith("#"):
+                break
+            header_lines.append(line)
+        directives = {m.group(1): m.group(2).strip() for m in
+                      (re.match(r"#\s*(passes|rtol|atol):(.*)", ln) for ln in header_lines) if m}
+        if "passes" not in directives:
+            raise GoldenMismatch(f"{path}: no '# passes:' line")
+        first, _, rest = tail.partition("\n")
+        expected = None if first.strip() == UNCHANGED else rest.strip("\n")
+        return cls(path, directives["passes"], "\n".join(lines[body_start:]), expected,
+                   "\n".join(header_lines),
+                   float(directives.get("rtol", 1e-5)), float(directives.get("atol", 1e-6)))
+
+    def run(self) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+        """Parse the input, run the passes; returns (input, output)."""
+        original = onnx.parser.parse_model(self.source)
+        onnx.checker.check_model(original)
+        work = onnx.ModelProto()
+        work.CopyFrom(original)
+        out, _ = rewrite(work, self.passes)
+        return original, out
+
+    def write(self, actual_text: str | None) -> None:
+        tail = f"{EXPECTED} {UNCHANGED}\n" if actual_text is None else f"{EXPECTED}\n{actual_text}\n"
+        self.path.write_text(f"{self.header}\n{self.source.rstrip()}\n{tail}")
+
+
+def value_names(model: onnx.ModelProto) -> set[str]:
+    g = model.graph
+    return ({v.name for v in g.input} | {v.name for v in g.output} | {t.name for t in g.initializer}
+            | {o for n in g.node for o in n.output})
+
+
+def canonical_text(model: onnx.ModelProto, keep: set[str] | None = None) -> str:
+    """The model in ONNX text syntax with metadata dropped and every value name not in ``keep``
+    (default: the graph's inputs and outputs) renamed t0, t1, ... in topological order."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    keep = (keep or set()) | {v.name for v in g.input} | {v.name for v in g.output}
+    names: dict[str, str] = {}
+    counter = 0
+
+    def rename(v: str) -> str:
+        nonlocal counter
+        if not v or v in keep:
+            return v
+        if v not in names:
+            names[v] = f"t{counter}"
+            counter += 1
+        return names[v]
+
+    for n in g.node:
+        n.ClearField("name")
+        del n.metadata_props[:]
+        n.input[:] = [rename(i) for i in n.input]
+        n.output[:] = [rename(o) for o in n.output]
+    for t in g.initializer:
+        t.name = rename(t.name) if t.name in names else t.name
+    inits = sorted(g.initializer, key=lambda t: t.name)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    del g.value_info[:]
+    m.ClearField("producer_name")
+    m.ClearField("producer_version")
+    text = onnx.printer.to_text(m)
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+def check_golden(path: str | Path, update: bool = False) -> None:
+    """Run one golden case; raise :class:`GoldenMismatch` with a readable diff if it fails.
+    With ``update``, rewrite the expected section instead of comparing it."""
+    case = GoldenCase.parse(path)
+    original, out = case.run()
+    names = value_names(original)  # names from the input stay readable; new ones are canonical
+    before, after = canonical_text(original, names), canonical_text(out, names)
+    actual = None if after == before else after
+    if update:
+        case.write(actual)
+    elif case.expected is None and actual is not None:
+        raise GoldenMismatch(f"{case.path}: expected the graph unchanged, but {case.passes} "
+                             f"rewrote it:\n{_diff(before, after, 'input', 'output')}")
+    elif case.expected is not None and actual is None:
+        raise GoldenMismatch(f"{case.path}: expected a rewrite, but {case.passes} left the graph "
+                             f"unchanged (try onnxpass match --explain)")
+    elif case.expected is not None and case.expected.strip() != after.strip():
+        raise GoldenMismatch(f"{case.path}: output differs from the golden file "
+                             f"(pytest --update-goldens accepts it):\n"
+                             f"{_diff(case.expected.strip(), after.strip(), 'expected', 'actual')}")
+    onnx.checker.check_model(out)
+    feeds = random_inputs(original, seed=0)
+    bad = [s.line() for s in compare_models(original, out, feeds, case.rtol, case.atol)
+           if not s.within]
+    if bad:
+        raise GoldenMismatch(f"{case.path}: rewritten model computes something else:\n  "
+                             + "\n  ".join(bad))
+
+
+def _diff(a: str, b: str, name_a: str, name_b: str) -> str:
+    return "\n".join(difflib.unified_diff(a.splitlines(), b.splitlines(), name_a, name_b,
+                                          lineterm=""))
