@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OnnxpassError as e:
         print(f"onnxpass: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # output piped into `head`: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("onnxpass: interrupted", file=sys.stderr)
         return 130

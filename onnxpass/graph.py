@@ -580,7 +580,9 @@ def convert_opset(graph: Graph, version: int, why: str) -> Graph:
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             o.version = version
-    return Graph(model, graph.base_dir)
+    new = Graph(model, graph.base_dir)
+    new.refresh_types()
+    return new
 
 
 # ---- helpers ------------------------------------------------------------------------------------
