@@ -24,7 +24,7 @@ def test_unknown_pass_suggests_the_nearest_name() -> None:
 
 
 def test_entry_point_passes_are_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "my_passes.py").write_text(textwrap.dedent('''
+    (tmp_path / "ext_swish_passes.py").write_text(textwrap.dedent('''
         from onnxpass.passes import PatternPass
         from onnxpass.patterns import Rule
 
@@ -36,14 +36,14 @@ def test_entry_point_passes_are_found(tmp_path: Path, monkeypatch: pytest.Monkey
                 return [Rule("swish", lambda op, x: op.Mul(x, op.Sigmoid(x)),
                              lambda op, m: op.HardSwish(m["x"]))]
     '''))
-    dist = tmp_path / "my_passes-1.0.dist-info"
+    dist = tmp_path / "ext_swish_passes-1.0.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-passes\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[onnxpass.passes]\nswish = my_passes:SwishPass\n")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ext-swish-passes\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[onnxpass.passes]\nswish = ext_swish_passes:SwishPass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(base, "_loaded_entry_points", False)
     try:
         assert [p.name for p in parse_passes("swish")] == ["swish"]
     finally:
         base._PASSES.pop("swish", None)
-        sys.modules.pop("my_passes", None)
+        sys.modules.pop("ext_swish_passes", None)

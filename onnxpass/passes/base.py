@@ -111,7 +111,11 @@ def registry() -> dict[str, type[Pass]]:
     if not _loaded_entry_points:
         _loaded_entry_points = True
         for ep in entry_points(group="onnxpass.passes"):
-            obj = ep.load()
+            try:
+                obj = ep.load()
+            except Exception as e:  # a broken third-party package: say which one, in one line
+                raise UnknownPassError(f"entry point onnxpass.passes:{ep.name} = {ep.value} "
+                                       f"fails to load: {type(e).__name__}: {e}") from None
             if isinstance(obj, type) and issubclass(obj, Pass):
                 register(obj)
     return dict(_PASSES)
