@@ -86,6 +86,7 @@ class RewriteBuilder:
         self.graph = graph
         self.nodes: list[Node] = []
         self._provenance = provenance
+        self._functions: list[Any] = []  # plugin functions, added to the model by commit()
 
     def __getattr__(self, op_type: str) -> Callable[..., Any]:
         if op_type.startswith("_"):
@@ -114,14 +115,20 @@ class RewriteBuilder:
         return self.graph.add_initializer(np.asarray(value, dtype=dtype), hint)
 
     def plugin(self, name: str, *inputs: str, **attrs: Any) -> str:
-        """A plugin node per the DESIGN.md convention, adding its local function if missing."""
+        """A plugin node per the DESIGN.md convention; :meth:`commit` adds its local function."""
         spec = get_plugin(name)
-        model = self.graph.model
-        if not any(f.domain == DOMAIN and f.name == name for f in model.functions):
-            model.functions.append(spec.function(self.graph.opset()))
-        if not self.graph.opset(DOMAIN):
-            self.graph.set_opset(DOMAIN, 1)
+        self._functions.append(spec.function(self.graph.opset()))
         return self.node(name, inputs, spec.node_attributes(attrs), domain=DOMAIN)
+
+    def commit(self) -> None:
+        """Add the plugins' local functions to the model, once the rewrite is applied (a refused
+        rewrite must leave the model as it was)."""
+        model = self.graph.model
+        for fn in self._functions:
+            if not any(f.domain == fn.domain and f.name == fn.name for f in model.functions):
+                model.functions.append(fn)
+            if not self.graph.opset(DOMAIN):
+                self.graph.set_opset(DOMAIN, 1)
 
 
 @dataclass
@@ -232,13 +239,14 @@ def _try_rule(graph: Graph, rule: Rule, node: Node, pass_name: str,
             graph.replace(match.nodes, match.outputs, builder.nodes, new_outputs)
         except RewriteRefused:
             continue
+        builder.commit()
         if on_rewrite:
             on_rewrite(rule, match)
         touched = list(builder.nodes)
         for n in builder.nodes:
             touched += [graph.producer[i] for i in n.inputs if i in graph.producer]
             touched += [u for o in n.outputs for u in graph.users(o)]
-        for o in match.outputs:
+        for o in [*match.outputs, *new_outputs]:  # a pre-existing value took over the users
             touched += graph.users(o)
         for t in touched:
             if id(t) not in queued and t.graph is graph:
