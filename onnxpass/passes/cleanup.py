@@ -39,7 +39,8 @@ def _identity_perm(perm: list[int]) -> bool:
 @register
 class NoOp(PatternPass):
     name = "noop"
-    summary = "remove Identity, inference Dropout, same-type Cast, identity Transpose/Reshape, x*1, x+0"
+    summary = ("remove Identity, inference Dropout, same-type Cast/CastLike, identity "
+               "Transpose/Reshape, x*1, x+0")
 
     def rules(self) -> list[Rule]:
         same = lambda op, m: m["x"]  # noqa: E731
@@ -47,6 +48,7 @@ class NoOp(PatternPass):
             Rule("identity", lambda op, x: op.Identity(x), same, _keeps_shape),
             Rule("dropout", lambda op, x: op.Dropout(x), same, _keeps_shape),
             Rule("cast", lambda op, x: op.Cast(x), same, _keeps_shape),
+            Rule("castlike", lambda op, x, like: op.CastLike(x, like), same, _keeps_shape),
             Rule("transpose", lambda op, x: op.Transpose(x, perm=Attr(_identity_perm)), same,
                  _keeps_shape),
             Rule("reshape", lambda op, x: op.Reshape(x, Var("shape")), same, _keeps_shape),

@@ -2,8 +2,8 @@
 
 Matches  x * 0.5 * (1 + erf(x / sqrt 2))  (Div by sqrt 2 or Mul by 1/sqrt 2) and the tanh form
 x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  (Pow 3, x*x*x, or x * (1 + 0.044715 x^2)),
-with the 0.5 on x, on (1 + ...), or on the product. CLIP's quick_gelu, x * sigmoid(1.702 x), is a
-different function and is left alone.
+with the 0.5 on x, on (1 + ...), or on the product; each addition an Add or a two-input Sum.
+CLIP's quick_gelu, x * sigmoid(1.702 x), is a different function and is left alone.
 
 Forms:
 - ``std`` (default): ONNX Gelu (opset 20, ``approximate`` "none" or "tanh"); the model's opset is
@@ -24,12 +24,15 @@ from onnxpass.patterns import Alt, Match, MatchFailure, Rule, Var
 
 
 def gelu_pattern(op, x):  # type: ignore[no-untyped-def]
+    def add(a, b):  # type: ignore[no-untyped-def]
+        return op.Add(a, b) | op.Sum(a, b)  # ONNX's own Gelu function body uses Sum
+
     erf = op.Erf(op.Div(x, math.sqrt(2.0)) | op.Mul(x, 1 / math.sqrt(2.0)))
     xx = op.Mul(x, x)
     cube = op.Pow(x, 3.0) | op.Mul(xx, x)
-    poly = op.Add(x, op.Mul(cube, 0.044715)) | op.Mul(x, op.Add(op.Mul(xx, 0.044715), 1.0))
+    poly = add(x, op.Mul(cube, 0.044715)) | op.Mul(x, add(op.Mul(xx, 0.044715), 1.0))
     tanh = op.Tanh(op.Mul(poly, math.sqrt(2.0 / math.pi)))
-    one_plus = op.Add(Alt(erf=erf, tanh=tanh, tag="approximate"), 1.0)
+    one_plus = add(Alt(erf=erf, tanh=tanh, tag="approximate"), 1.0)
     return (op.Mul(op.Mul(x, 0.5), one_plus)
             | op.Mul(x, op.Mul(one_plus, 0.5))
             | op.Mul(op.Mul(x, one_plus), 0.5))
@@ -60,5 +63,10 @@ class Gelu(PatternPass):
                 "GeluPlugin", m["x"], approximate=int(m.tag("approximate") == "tanh"))),
             Rule("gelu-native", lambda op, x: op.Gelu(x, approximate=Var("approximate")),
                  check=check_gelu, rewrite=lambda op, m: op.plugin(
-                     "GeluPlugin", m["x"], approximate=int(m.attr("approximate") == "tanh"))),
+                     "GeluPlugin", m["x"], approximate=int(_is_tanh(m.attr("approximate"))))),
         ]
+
+
+def _is_tanh(approximate: str | bytes) -> bool:
+    """Gelu's ``approximate`` attribute reads back as bytes."""
+    return (approximate.decode() if isinstance(approximate, bytes) else approximate) == "tanh"

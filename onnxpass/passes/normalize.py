@@ -88,6 +88,9 @@ def normalized_params(m: Match, axes: Any, names: tuple[str, ...]) -> Normalized
         target = (shape[a],)
     else:
         return MatchFailure(f"normalizes over axes {axes}, which are not the trailing axes")
+    if shape is not None:
+        shape = _sized_by_params(m, shape, norm_positions, names)
+        target = tuple(shape[p] for p in sorted(norm_positions))
     static = target is not None and all(isinstance(d, int) for d in target)
     dtype = helper.tensor_dtype_to_np_dtype(m.dtype("x") or TensorProto.FLOAT)
     for name in names:
@@ -102,6 +105,22 @@ def normalized_params(m: Match, axes: Any, names: tuple[str, ...]) -> Normalized
             return got
         result.params[name] = got
     return result
+
+
+def _sized_by_params(m: Match, shape: Any, norm: set[int], names: tuple[str, ...]) -> Any:
+    """Shape inference leaves a normalized dim symbolic after a Reshape to -1 (MobileViT). A
+    parameter of size n > 1 along that dim fixes it at n: only then is the decomposition a
+    normalization (at size 1 it broadcasts beta up to n). At any other size the fused op fails
+    loudly; it never silently computes something else."""
+    dims = list(shape)
+    for name in names:
+        pshape = m.shape(name) if m.get(name) is not None else None
+        if pshape is None or len(pshape) > len(dims):
+            continue
+        for pos, d in zip(range(len(dims) - len(pshape), len(dims)), pshape):
+            if pos in norm and not isinstance(dims[pos], int) and isinstance(d, int) and d > 1:
+                dims[pos] = d
+    return tuple(dims)
 
 
 def _param(m: Match, name: str, x_shape: Any, rank: int | None, norm: set[int], target: Any,
