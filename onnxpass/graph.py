@@ -560,6 +560,8 @@ def convert_opset(graph: Graph, version: int, why: str) -> Graph:
     weights are not copied. Raises PassError if conversion fails."""
     from onnx import version_converter
 
+    from onnxpass.plugins.base import DOMAIN, all_plugins
+
     model = graph.to_model()
     skel, moved = skeleton(model)
     try:
@@ -580,6 +582,11 @@ def convert_opset(graph: Graph, version: int, why: str) -> Graph:
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             o.version = version
+    # A plugin's local function is its reference body written for one opset: rewrite it.
+    specs = {s.name: s for s in all_plugins()}
+    for f in model.functions:
+        if f.domain == DOMAIN and f.name in specs:
+            f.CopyFrom(specs[f.name].function(version))
     new = Graph(model, graph.base_dir)
     new.refresh_types()
     return new
