@@ -33,6 +33,12 @@ class PValue:
         node = _node_of(self, "repeated")
         return Repeat(node, node.inputs[0], min_count, max_count)
 
+    def shared(self) -> PValue:
+        """Match this subexpression but leave its nodes in place (dead-code removal drops them
+        once unused), so they may also feed the rest of the graph: a mask built once for every
+        layer."""
+        return Shared(self)
+
 
 @dataclass(eq=False)
 class Var(PValue):
@@ -133,6 +139,11 @@ class Repeat(PValue):
     base: PValue
     min_count: int
     max_count: int
+
+
+@dataclass(eq=False)
+class Shared(PValue):
+    inner: PValue
 
 
 @dataclass(eq=False)

@@ -16,7 +16,7 @@ import numpy as np
 
 from onnxpass.graph import NOT_CONSTANT, Graph, Node
 from onnxpass.patterns.ir import (
-    COMMUTATIVE, Alt, Attr, Const, Optional, Out, PNode, PValue, Repeat, Var,
+    COMMUTATIVE, Alt, Attr, Const, Optional, Out, PNode, PValue, Repeat, Shared, Var,
 )
 
 
@@ -101,6 +101,9 @@ class Matcher:
             yield from self.match(p.absent, value, b)
         elif isinstance(p, Repeat):
             yield from self._repeat(p, value, b, 0)
+        elif isinstance(p, Shared):  # its nodes stay bound but are not part of what is replaced
+            for b2 in self.match(p.inner, value, b):
+                yield b2.extend(order=b.order)
         else:  # pragma: no cover - the builder only makes the kinds above
             raise TypeError(f"unknown pattern value {p!r}")
 
@@ -329,6 +332,8 @@ def pattern_nodes(p: PValue) -> list[PNode]:
         elif isinstance(x, Repeat):
             walk(x.node.outs[0])
             walk(x.base)
+        elif isinstance(x, Shared):
+            walk(x.inner)
 
     walk(p)
     return list(seen.values())

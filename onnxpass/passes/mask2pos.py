@@ -1,0 +1,86 @@
+"""mask2pos: fuse a padding mask's normalized cumulative position.
+
+Matches, along one axis of a bool or integer mask,
+
+    c   = cumsum(float(v), axis)       v = ~mask (Not) or the mask itself
+    pos = (c - offset) / (c[last] + eps) * scale
+
+with ``c[last]`` a Slice [-1:] along the same axis, and the Sub (offset), the Add (eps) and the
+Mul (scale) each optional: DETR's sine position embedding (offset 0 or 0.5, eps 1e-6, scale
+2*pi) and AnchorDETR's mask2pos ((c - 0.5) / c[last], scaled later). The Not may be shared by the
+y and x positions; it is left in place and dropped once unused. Slices of the mask before the
+Cast (AnchorDETR's not_mask[:, :, 0]) stay as they are.
+
+Forms: ``plugin`` only: Mask2PosPlugin(mask) carries the formula (axis, offset, eps, scale,
+invert); without a plugin the ops above are already the plainest ONNX for it, so there is no
+``std`` form.
+
+Never fires when the mask is float, the cumsum is exclusive or reversed or not to float32, the
+Slice does not take exactly the last element along the cumsum's axis, or offset, eps or scale is
+not a scalar constant.
+"""
+
+from __future__ import annotations
+
+from onnx import TensorProto
+
+from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.masked_softmax import MASK_TYPES
+from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule
+from onnxpass.plugins.mask2pos import MASK2POS
+
+
+def mask2pos_pattern(op, mask):  # type: ignore[no-untyped-def]
+    valid = Alt(pad=op.Not(mask).shared(), valid=mask, tag="mask")
+    c = op.CumSum(op.Cast(valid, to=TensorProto.FLOAT), Const("axis"), exclusive=0, reverse=0)
+    slice_args = (c, Const("starts"), Const("ends"), Const("axes"))
+    last = op.Slice(*slice_args) | op.Slice(*slice_args, Const("steps"))
+    pos = op.Div(op.Sub(c, Const("offset")).optional(), op.Add(last, Const("eps")).optional())
+    return op.Mul(pos, Const("scale")).optional()
+
+
+def check_mask2pos(m: Match) -> MatchFailure | None:
+    if m.graph.opset() < MASK2POS.min_opset:
+        return MatchFailure(f"opset {m.graph.opset()} < {MASK2POS.min_opset}")
+    if m.dtype("mask") not in MASK_TYPES:
+        return MatchFailure(f"mask has dtype {m.dtype('mask')}: not a bool or integer mask")
+    for name in ("offset", "eps", "scale"):
+        if name in m and m.const(name).size != 1:
+            return MatchFailure(f"{name} has {m.const(name).size} elements, expected a scalar")
+    shape = m.shape("mask")
+    if shape is None or m.const("axis").size != 1:
+        return MatchFailure("the mask's rank is unknown or the cumsum axis is not a scalar")
+    rank, axis = len(shape), int(m.const("axis").reshape(-1)[0])
+    axis = axis + rank if axis < 0 else axis
+    dim = shape[axis] if 0 <= axis < rank else None
+    starts, ends, axes = (m.const(k).reshape(-1).tolist() for k in ("starts", "ends", "axes"))
+    steps = m.const("steps").reshape(-1).tolist() if "steps" in m else [1]
+    static = isinstance(dim, int)
+    takes_last = (starts == [-1] or (static and starts == [dim - 1])) and len(ends) == 1 and (
+        ends[0] >= (dim if static else 2**31 - 1))
+    if not (takes_last and steps == [1] and [a % rank for a in axes] == [axis]):
+        return MatchFailure(f"Slice {starts}:{ends} on axes {axes} is not the last element "
+                            f"along the cumsum axis {axis}")
+    m.facts["axis"] = axis
+    return None
+
+
+def emit(op: RewriteBuilder, m: Match) -> str:
+    def scalar(name: str, default: float) -> float:
+        return float(m.const(name).reshape(-1)[0]) if name in m else default
+
+    return op.plugin("Mask2PosPlugin", m["mask"], axis=m.facts["axis"],
+                     offset=scalar("offset", 0.0), eps=scalar("eps", 0.0),
+                     scale=scalar("scale", 1.0), invert=int(m.tag("mask") == "pad"))
+
+
+@register
+class Mask2Pos(PatternPass):
+    name = "mask2pos"
+    summary = "fuse a mask's normalized cumulative position (DETR, AnchorDETR) -> Mask2PosPlugin"
+    forms = ("plugin",)
+    default_form = "plugin"
+
+    def rules(self) -> list[Rule]:
+        return [Rule("mask2pos", mask2pos_pattern, check=check_mask2pos, rewrite=emit)]
+

@@ -1,0 +1,146 @@
+"""masked_softmax: fuse a softmax over masked attention scores.
+
+Matches  y = softmax(z)  over the last axis, where z masks the scores x with a bool or integer
+mask m, in the forms exporters write:
+
+- ``scaled``:  z = x + (1 - m) * fill   (HF's extended mask; fill -10000 or finfo.min);
+  ``scaled_pad``: z = x + m * fill      (m marks padding);
+- ``add``:     z = x + where(m, 0, fill);  ``add_pad``: z = x + where(m, fill, 0);
+- ``select``:  z = where(m, x, fill);      ``select_pad``: z = where(m, fill, x)  (masked_fill).
+
+m reaches z through an optional Cast (to the scores' type, or to bool) and an optional Expand to
+the full score shape, in either order; Unsqueezes before them stay as they are. The mask
+expression may be shared (one mask for every layer): it is left in place and dropped once unused.
+A Reshape between z and the Softmax (AnchorDETR's view - masked_fill - view) is allowed when it
+keeps the last dim.
+
+Exactness: the additive forms and the select form differ when a row is fully masked (-10000
+leaves softmax(x), finfo.min a uniform row, -inf NaN), so each form keeps its own formula: the
+plugin's ``mode`` and ``fill`` say which, and nothing is turned into another form.
+
+Forms:
+- ``plugin`` (default): MaskedSoftmaxPlugin(x, m) with m compact, never expanded to x's shape.
+- ``std``: the same Where or Add, on the compact mask broadcast by the op instead of an Expand
+  to full size; fires only where there is such an Expand.
+
+Never fires when the mask is a float tensor (an additive bias, not a mask), fill is not a scalar
+constant, the "1" or "0" is not exactly that, the Softmax is not over the last axis, the compact
+mask does not broadcast to x's shape, or a Reshape changes the last dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto
+
+from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.normalize import FLOATS
+from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.plugins.masked_softmax import MASKED_SOFTMAX
+
+FORMS = {"scaled": (0, 0), "scaled_pad": (0, 1), "select": (1, 0), "select_pad": (1, 1),
+         "add": (2, 0), "add_pad": (2, 1)}  # tag -> (plugin mode, invert)
+MASK_TYPES = frozenset({TensorProto.BOOL, TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16,
+                        TensorProto.INT32, TensorProto.INT64})
+
+
+def compact(op, mask):  # type: ignore[no-untyped-def]
+    """The mask, maybe cast and expanded to full size (in either order)."""
+    def cast(v):  # type: ignore[no-untyped-def]
+        return op.Cast(v, to=Var("to"))
+
+    def expand(v):  # type: ignore[no-untyped-def]
+        return op.Expand(v, Var("full"))
+
+    return Alt(cast(expand(mask)), expand(cast(mask)), cast(mask), expand(mask), mask).shared()
+
+
+def masked_softmax_pattern(op, x, mask):  # type: ignore[no-untyped-def]
+    m, fill, zero = compact(op, mask), Const("fill"), Const("zero")
+    additive = Alt(scaled=op.Mul(op.Sub(Const("one"), m), fill), scaled_pad=op.Mul(m, fill),
+                   add=op.Where(m, zero, fill), add_pad=op.Where(m, fill, zero), tag="form")
+    z = op.Add(x, additive.shared()) | Alt(select=op.Where(m, x, fill),
+                                           select_pad=op.Where(m, fill, x), tag="form")
+    return op.Softmax(op.Reshape(z, Var("shape"), allowzero=Var("allowzero")).optional(),
+                      axis=Var("axis"))
+
+
+def check_masked_softmax(m: Match) -> MatchFailure | None:
+    dtype, opset = m.dtype("x"), m.graph.opset()
+    if dtype not in FLOATS:
+        return MatchFailure(f"scores have dtype {dtype}, not a float type")
+    if opset < MASKED_SOFTMAX.min_opset or (opset < 15 and dtype != TensorProto.FLOAT):
+        return MatchFailure(f"opset {opset} is too old for MaskedSoftmaxPlugin on dtype {dtype}")
+    if m.dtype("mask") not in MASK_TYPES:
+        return MatchFailure(f"mask has dtype {m.dtype('mask')}: not a bool or integer mask")
+    for name, exact in (("one", 1.0), ("zero", 0.0)):
+        if name in m and not np.array_equal(m.const(name).reshape(-1), [exact]):
+            return MatchFailure(f"{name} is {m.const(name).reshape(-1)[:4]}, not exactly {exact}")
+    if m.const("fill").size != 1:
+        return MatchFailure(f"fill has {m.const('fill').size} elements, expected a scalar")
+    x_shape, scores = m.shape("x"), m.graph.shape(m.node("Softmax").inputs[0])
+    if x_shape is None or scores is None or not x_shape or m.attr("axis") not in (-1,
+                                                                                  len(scores) - 1):
+        return MatchFailure(f"softmax axis {m.attr('axis')} is not the last axis of {scores}")
+    if not _broadcasts(m.shape("mask"), x_shape):
+        return MatchFailure(f"mask of shape {m.shape('mask')} does not broadcast to the scores' "
+                            f"shape {x_shape}")
+    if "shape" in m and not _same_dim(x_shape[-1], scores[-1]):
+        return MatchFailure(f"the Reshape changes the last dim {x_shape[-1]} -> {scores[-1]}")
+    return None
+
+
+def _broadcasts(mask: Any, x: Any) -> bool:
+    return (mask is not None and len(mask) <= len(x)
+            and all(d == 1 or _same_dim(d, e) for d, e in zip(mask[::-1], x[::-1])))
+
+
+def _same_dim(a: Any, b: Any) -> bool:
+    return a is not None and a == b
+
+
+def emit(op: RewriteBuilder, m: Match, plugin: bool) -> str:
+    mode, invert = FORMS[m.tag("form") or ""]
+
+    def reshape(v: str) -> str:  # softmax and Reshape commute: the Reshape keeps the last dim
+        return op.Reshape(v, m["shape"], allowzero=m.attr("allowzero") or None) if "shape" in m else v
+
+    if plugin:
+        return reshape(op.plugin("MaskedSoftmaxPlugin", m["x"], m["mask"], mode=mode,
+                                 fill=float(m.const("fill").reshape(-1)[0]), invert=invert))
+    return op.Softmax(reshape(_std_masked(op, m, mode, invert)), axis=m.attr("axis"))
+
+
+def _std_masked(op: RewriteBuilder, m: Match, mode: int, invert: int) -> str:
+    """The matched masking, with the compact mask in place of the expanded one."""
+    mask = op.Cast(m["mask"], to=m.attr("to")) if "to" in m else m["mask"]
+    x, fill = m["x"], m["fill"]
+    if mode == 0:
+        return op.Add(x, op.Mul(mask if invert else op.Sub(m["one"], mask), fill))
+    if mode == 1:
+        return op.Where(mask, fill, x) if invert else op.Where(mask, x, fill)
+    zero = m["zero"]
+    return op.Add(x, op.Where(mask, fill, zero) if invert else op.Where(mask, zero, fill))
+
+
+def _check_std(m: Match) -> MatchFailure | None:
+    if "full" not in m:
+        return MatchFailure("the mask is not expanded: nothing to simplify")
+    return check_masked_softmax(m)
+
+
+@register
+class MaskedSoftmax(PatternPass):
+    name = "masked_softmax"
+    summary = ("fuse softmax over scores masked by Add or Where -> MaskedSoftmaxPlugin (plugin) or "
+               "the same ops on the compact mask (std)")
+    forms = ("std", "plugin")
+    default_form = "plugin"
+
+    def rules(self) -> list[Rule]:
+        plugin = self.form == "plugin"
+        return [Rule("masked_softmax", masked_softmax_pattern,
+                     check=check_masked_softmax if plugin else _check_std,
+                     rewrite=lambda op, m: emit(op, m, plugin))]
