@@ -1,0 +1,84 @@
+"""matmul2d: MatMuls of 3-D and 4-D activations by a constant weight as 2-D GEMMs.
+
+Matches  y = x @ W (+ b)  where x has rank 3 or 4, W is a constant (K, N) matrix and b, when
+present, is a row vector: shape (N,) or (1, N), or (1, .., 1, N) no longer than x's rank, or a
+single element.
+
+Emits  Reshape(x, (-1, K)) -> Gemm(., W, b) -> Reshape(., x.shape[:-1] + (N,)). A Gemm with C = b
+computes the same sum as MatMul then Add. The shape back is a constant when at most one outer dim
+is symbolic (it becomes -1), else it is computed at run time by Shape/Slice/Concat.
+
+Never fires when W is not a constant or not 2-D (x @ activation, batched weights), x's rank is
+unknown or not 3 or 4 (a 2-D MatMul is a GEMM already), a static dim of x is 0, or x is not a
+float tensor. A bias that varies along other dims (an (S, N) positional term) stays an Add after
+the Gemm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxpass.graph import Graph
+from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.dims import reshape_to
+from onnxpass.passes.normalize import FLOATS
+from onnxpass.patterns import Alt, Match, MatchFailure, RewriteBuilder, Rule, Var
+
+
+def matmul_pattern(op, x, w):  # type: ignore[no-untyped-def]
+    mm = op.MatMul(x, w)
+    return Alt(bias=op.Add(mm, Var("bias")), plain=mm, tag="bias")
+
+
+def check_matmul(m: Match) -> MatchFailure | None:
+    if not m.is_const("w") or m.rank("w") != 2:
+        return MatchFailure("the weight is not a constant 2-D matrix")
+    xs = m.shape("x")
+    if xs is None or len(xs) not in (3, 4):
+        return MatchFailure(f"x has rank {None if xs is None else len(xs)}, not 3 or 4")
+    if 0 in xs:
+        return MatchFailure(f"x has an empty dim: {xs}")
+    if m.dtype("x") not in FLOATS or m.dtype("w") != m.dtype("x"):
+        return MatchFailure("x and the weight are not float tensors of one type")
+    if m.tag("bias") == "bias":
+        return check_bias(m, "bias", len(xs), int(m.shape("w")[1]))  # type: ignore[index]
+    return None
+
+
+def check_bias(m: Match, name: str, rank: int, n: int) -> MatchFailure | None:
+    """``name`` broadcasts as a Gemm's C over the rows of an (M, n) product."""
+    bs = m.shape(name)
+    if bs is None or m.dtype(name) != m.dtype("x"):
+        return MatchFailure(f"{name} has unknown shape or another dtype")
+    if len(bs) > rank or any(d != 1 for d in bs[:-1]) or (bs and bs[-1] not in (1, n)):
+        return MatchFailure(f"{name} of shape {bs} is not a row vector of {n} elements")
+    if len(bs) > 2 and not m.is_const(name):
+        return MatchFailure(f"{name} of shape {bs} needs a Reshape to become a Gemm's C")
+    return None
+
+
+def gemm_2d(op: RewriteBuilder, m: Match, bias: str | None) -> str:
+    """Reshape(x, (-1, K)) -> Gemm(., W, bias): the (M, N) product of the match's x and w."""
+    x2 = op.Reshape(m["x"], op.const(np.array([-1, m.shape("w")[0]], dtype=np.int64),  # type: ignore[index]
+                                     hint="shape"))
+    if bias is not None and (m.rank(bias) or 0) > 2:
+        bias = op.const(m.const(bias).reshape(-1), hint="bias")
+    elif bias is not None:
+        bias = m[bias]
+    return op.Gemm(x2, m["w"], bias)
+
+
+def emit(op: RewriteBuilder, m: Match, graph: Graph) -> str:
+    y2 = gemm_2d(op, m, "bias" if m.tag("bias") == "bias" else None)
+    xs = m.shape("x")
+    return reshape_to(op, graph, y2, m["x"], len(xs) - 1, [int(m.shape("w")[1])])  # type: ignore[arg-type, index]
+
+
+@register
+class MatMul2D(PatternPass):
+    name = "matmul2d"
+    summary = "3-D/4-D MatMul by a constant weight (+ bias) -> Reshape, Gemm, Reshape"
+
+    def rules(self) -> list[Rule]:
+        return [Rule("matmul2d", matmul_pattern, check=check_matmul,
+                     rewrite=lambda op, m: emit(op, m, m.graph))]
