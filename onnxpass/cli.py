@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="list every place a pass was tried, how far it got and why it stopped")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_match)
+
+    pl = sub.add_parser("plugins", help="plugin ops: attributes and implementations")
+    pl.add_argument("action", choices=["list"])
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
     return p
 
 
@@ -243,6 +248,29 @@ def cmd_match(args: argparse.Namespace) -> int:
                   f"{e['reason']}")
     if not report:
         print("no matches" if not args.explain else "no place to try these passes")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from onnxpass.plugins import NAMESPACE, all_plugins
+    from onnxpass.plugins.kernels import implementations
+
+    rows = [{"name": s.name, "id": f"{NAMESPACE}::{s.name}", "version": s.version,
+             "inputs": list(s.inputs), "outputs": list(s.outputs), "dtypes": list(s.dtypes),
+             "attributes": [{"name": a.name, "kind": a.kind, "default": a.default, "doc": a.doc}
+                            for a in s.attributes],
+             "implementations": {i: why or "ok" for i, why in implementations(s)}}
+            for s in all_plugins()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['id']} v{r['version']}  ({', '.join(r['inputs'])}) -> ({', '.join(r['outputs'])})"
+              f"  T: {', '.join(r['dtypes'])}")
+        for a in r["attributes"]:
+            print(f"    {a['name']}: {a['kind']} = {a['default']!r}  {a['doc']}".rstrip())
+        print("    implementations: " + ", ".join(
+            i if why == "ok" else f"{i} ({why})" for i, why in r["implementations"].items()))
     return 0
 
 

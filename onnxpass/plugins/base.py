@@ -9,7 +9,7 @@ the plugin registered runs the plugin.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +32,17 @@ class PluginAttr:
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """Name, signature, attributes and reference decomposition of one plugin op.
+    """Name, signature, types, shapes, attributes and reference decomposition of one plugin op.
 
     ``body(opset)`` returns the function body in ONNX text syntax for a model whose default-domain
     opset is ``opset``; ``min_opset`` is the lowest opset the body can be written in.
+
+    Types: every input and output has the one type T, any of ``dtypes``, unless ``io_dtypes``
+    gives it its own choices (an int64 mask, say); an output of type T takes the dtype of the
+    first input of type T. Shapes: ``shapes(input_shapes, attrs)`` gives the output shapes; its
+    dims are ints or symbolic dims (TensorRT's ``ShapeExpr``: use only ``+ - * //``); by default
+    every output has the first input's shape. Kernels, references and TensorRT registration read
+    all of this from here (see onnxpass/plugins/kernels/).
     """
 
     name: str
@@ -47,7 +54,29 @@ class PluginSpec:
     version: str = "1"
     min_opset: int = 13
     dtypes: tuple[str, ...] = ("float32", "float16")
-    implementations: tuple[str, ...] = field(default=("onnx-function",))
+    io_dtypes: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    shapes: Callable[[list[list[Any]], dict[str, Any]], list[list[Any]]] | None = None
+
+    def allowed_dtypes(self, io_name: str) -> tuple[str, ...]:
+        return self.io_dtypes.get(io_name, self.dtypes)
+
+    def output_dtypes(self, input_dtypes: Sequence[str]) -> list[str]:
+        t = next((d for n, d in zip(self.inputs, input_dtypes) if n not in self.io_dtypes), None)
+        return [self.io_dtypes[o][0] if o in self.io_dtypes else t or self.dtypes[0]
+                for o in self.outputs]
+
+    def output_shapes(self, input_shapes: Sequence[Sequence[Any]], attrs: dict[str, Any]
+                      ) -> list[list[Any]]:
+        if self.shapes is not None:
+            return [list(s) for s in self.shapes([list(s) for s in input_shapes], attrs)]
+        return [list(input_shapes[0]) for _ in self.outputs]
+
+    def attr_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Every attribute's value, defaults filled in, in declaration order."""
+        unknown = set(values) - {a.name for a in self.attributes}
+        if unknown:
+            raise TypeError(f"{self.name}: unknown attributes {sorted(unknown)}")
+        return {a.name: _typed(a, values.get(a.name, a.default)) for a in self.attributes}
 
     def function(self, opset: int) -> onnx.FunctionProto:
         if opset < self.min_opset:
@@ -59,21 +88,21 @@ class PluginSpec:
         return onnx.parser.parse_function(text)
 
     def node_attributes(self, values: dict[str, Any]) -> dict[str, onnx.AttributeProto]:
-        unknown = set(values) - {a.name for a in self.attributes}
-        if unknown:
-            raise TypeError(f"{self.name}: unknown attributes {sorted(unknown)}")
         out = {"plugin_namespace": helper.make_attribute("plugin_namespace", NAMESPACE),
                "plugin_version": helper.make_attribute("plugin_version", self.version)}
-        for a in self.attributes:
-            v = values.get(a.name, a.default)
-            if a.kind == "float":
-                v = float(v)
-            elif a.kind == "int":
-                v = int(v)
-            elif a.kind == "ints":
-                v = [int(x) for x in v]
-            out[a.name] = helper.make_attribute(a.name, v)
+        for k, v in self.attr_values(values).items():
+            out[k] = helper.make_attribute(k, v)
         return out
+
+
+def _typed(a: PluginAttr, v: Any) -> Any:
+    if a.kind == "float":
+        return float(v)
+    if a.kind == "int":
+        return int(v)
+    if a.kind == "ints":
+        return [int(x) for x in v]
+    return v
 
 
 _REGISTRY: dict[str, PluginSpec] = {}

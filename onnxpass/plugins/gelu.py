@@ -47,4 +47,5 @@ GELU = register_plugin(PluginSpec(
     attributes=(PluginAttr("approximate", "int", 0, "0: erf form, 1: tanh form"),),
     body=_body,
     doc=__doc__ or "",
+    dtypes=("float32", "float16", "bfloat16"),
 ))

@@ -1,4 +1,6 @@
-"""LayerNormPlugin: y = (x - E[x]) / sqrt(Var[x] + epsilon) * gamma + beta over dims axis.. of x."""
+"""LayerNormPlugin: y = (x - E[x]) / sqrt(Var[x] + epsilon) * gamma + beta over dims axis.. of x.
+
+gamma and beta have the normalized dims' shape, x.shape[axis:]."""
 
 from __future__ import annotations
 
@@ -35,4 +37,5 @@ LAYERNORM = register_plugin(PluginSpec(
     ),
     body=_body,
     doc=__doc__ or "",
+    dtypes=("float32", "float16", "bfloat16"),
 ))

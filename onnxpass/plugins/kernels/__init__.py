@@ -1,0 +1,10 @@
+"""NumPy references, Triton kernels and their launch plans for plugin ops: one module per
+plugin, each registering a :class:`KernelSpec` (see base.py). TensorRT registration of these
+kernels is in onnxpass/plugins/trt.py."""
+
+from onnxpass.plugins.kernels import gelu, layernorm  # noqa: F401
+from onnxpass.plugins.kernels.base import (AotKernel, Case, KernelSpec, Launch, aot_kernel,
+                                           get_kernel, implementations, run)
+
+__all__ = ["AotKernel", "Case", "KernelSpec", "Launch", "aot_kernel", "get_kernel",
+           "implementations", "run"]

@@ -1,0 +1,143 @@
+"""Plugin kernels: each Triton kernel against its NumPy reference in Triton's interpreter (CPU;
+small shapes, odd sizes, leading dims, every dtype the kernel takes), the AOT path (PTX for sm_90
+compiled without a GPU, launched as TensorRT would: grid, block and int32 arguments checked
+against the JIT launch, with the batch dim symbolic too), TensorRT glue, and the CLI listing.
+
+A process either interprets Triton kernels or compiles them (Triton decides when it is imported),
+so both run in subprocesses: python -m onnxpass.plugins.kernels.check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onnxpass.cli import main
+from onnxpass.plugins import get_plugin
+from onnxpass.plugins.kernels import get_kernel
+from onnxpass.plugins.kernels.base import _drop_hidden_params, cdiv, prod, static
+from onnxpass.plugins.kernels.check import kernels, sym
+from onnxpass.plugins import trt
+
+pytest.importorskip("triton", reason="the plugin kernels are written in Triton: pip install triton")
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = [(k.plugin, c.name, d) for k in kernels() for c in k.cases for d in k.dtypes]
+IDS = ["-".join(c) for c in CASES]
+
+
+def _check(*args: str, interpret: bool) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    p = subprocess.run([sys.executable, "-m", "onnxpass.plugins.kernels.check", "--json", *args],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert rows, f"check failed (exit {p.returncode}):\n{p.stderr[-3000:]}"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    return {(r["plugin"], r["case"], r["dtype"]): r for r in _check(interpret=True)}
+
+
+@pytest.fixture(scope="module")
+def compiled() -> dict:
+    rows = _check("--aot", interpret=False)
+    return {(r["plugin"], r["case"], r["dtype"], r["symbolic"]): r for r in rows}
+
+
+@pytest.mark.parametrize("plugin,case,dtype", CASES, ids=IDS)
+def test_kernel_matches_reference(interpreted: dict, plugin: str, case: str, dtype: str) -> None:
+    r = interpreted[(plugin, case, dtype)]
+    assert r["within"], (f"{plugin} {case} {dtype}: rel max {r['rel_max']:.3g}, abs max "
+                         f"{r['abs_max']:.3g}")
+
+
+@pytest.mark.parametrize("plugin,case,dtype", CASES, ids=IDS)
+def test_aot_kernel_launches_as_jit_does(compiled: dict, plugin: str, case: str, dtype: str
+                                         ) -> None:
+    spec = get_plugin(plugin)
+    for symbolic in (False, True):
+        r = compiled.get((plugin, case, dtype, symbolic))
+        if r is None:
+            continue
+        n_args = len(r["args"])
+        assert r["ptx_target"] == "sm_90a" and r["name"] == r["kernel"]
+        assert r["ptx_params"] == ([".u64"] * len(spec.inputs) + [".u32"] * n_args
+                                   + [".u64"] * len(spec.outputs)), "TensorRT's argument order"
+        assert r["grid"] == r["jit_grid"] and r["args"] == r["jit_args"]
+        assert r["block"] == [r["jit_block"], 1, 1] and r["shared_mem"] <= 48 * 1024
+        if symbolic and any(isinstance(g, str) for g in r["grid_symbolic"]):
+            assert None in r["static_args"], "a symbolic batch makes a symbolic argument"
+
+
+def test_symbolic_plans_evaluate_to_the_concrete_ones() -> None:
+    """The launch plan with a run-time batch, evaluated at several batches, is the plan for
+    that batch: what TensorRT computes from the AOT kernel's symbolic launch parameters."""
+    for plugin, shapes, attrs in [("LayerNormPlugin", [[None, 197, 768], [768], [768]], {}),
+                                  ("LayerNormPlugin", [[None, 7, 37], [37], [37]], {}),
+                                  ("GeluPlugin", [[None, 197, 3072]], {}),
+                                  ("GeluPlugin", [[None, 3, 5]], {"approximate": 1})]:
+        k = get_kernel(plugin)
+        values = get_plugin(plugin).attr_values(attrs)
+        b = sym("batch")
+        p = k.plan([[b] + s[1:] if s[0] is None else s for s in shapes], ["float16"] * len(shapes),
+                   values)
+        for batch in (1, 2, 63, 64, 1000):
+            q = k.plan([[batch] + s[1:] if s[0] is None else s for s in shapes],
+                       ["float16"] * len(shapes), values)
+            env = {"batch": batch}
+            assert [g.value(env) if hasattr(g, "value") else g for g in p.grid] == list(q.grid)
+            assert [a.value(env) if hasattr(a, "value") else a for a in p.args] == list(q.args)
+            assert p.kernel is q.kernel and p.constexprs == q.constexprs
+
+
+def test_shape_arithmetic() -> None:
+    b = sym("b")
+    assert prod([2, 3, 4]) == 24 and static(prod([2, b, 4])) is None
+    assert prod([2, b, 4]).value({"b": 5}) == 40 and cdiv(prod([b, 3]), 4).value({"b": 3}) == 3
+    assert cdiv(10, 4) == 3 and prod([]) == 1
+
+
+def test_hidden_scratch_params_are_dropped_only_when_unused() -> None:
+    ptx = (".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u32 k_param_1,\n"
+           "\t.param .u64 k_param_2,\n\t.param .u64 k_param_3\n)\n{\n\tld.param.u64 %rd1, "
+           "[k_param_0];\n}\n")
+    out = _drop_hidden_params(ptx, "k", 2)
+    assert "k_param_1" in out and "k_param_2" not in out and "k_param_3" not in out
+    with pytest.raises(ValueError, match="k_param_0 is used"):
+        _drop_hidden_params(ptx, "k", 0)
+
+
+def test_tensorrt_glue_without_tensorrt() -> None:
+    ln, gelu = get_plugin("LayerNormPlugin"), get_plugin("GeluPlugin")
+    assert trt.signature(ln) == [("x", "tensor"), ("gamma", "tensor"), ("beta", "tensor"),
+                                 ("epsilon", "float"), ("axis", "int")]
+    assert trt.type_combination(ln, get_kernel(ln.name)) == ", ".join(["FP32|FP16|BF16"] * 4)
+    assert trt.type_combination(gelu, get_kernel(gelu.name)) == "FP32|FP16|BF16, FP32|FP16|BF16"
+
+
+def test_tensorrt_registration() -> None:
+    if trt.missing():
+        pytest.skip(f"{trt.missing()}: no machine here has TensorRT; onnxpass/plugins/trt.py is "
+                    "written against the documented tensorrt.plugin API")
+    ids = trt.register()
+    assert {"onnxpass::LayerNormPlugin", "onnxpass::GeluPlugin"} <= set(ids)
+
+
+def test_cli_lists_plugins_and_implementations(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["plugins", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    ln = rows["LayerNormPlugin"]
+    assert [a["name"] for a in ln["attributes"]] == ["epsilon", "axis"]
+    assert ln["implementations"]["numpy"] == "ok" and ln["implementations"]["triton"] == "ok"
+    assert set(ln["implementations"]) >= {"onnx-function", "tensorrt-jit", "tensorrt-aot"}
+    assert main(["plugins", "list"]) == 0
+    assert "onnxpass::GeluPlugin v1  (x) -> (y)" in capsys.readouterr().out
