@@ -466,20 +466,33 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: s
     ``<output>.data``; so does everything when the model would pass 2 GB."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    external = list(_external_tensors(model))
-    big = external or model.ByteSize() > _TWO_GB
+    data = None if any(_external_tensors(model)) else _serialize_under_2gb(model)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        if big:
+        if data is None:
             _save_with_external_data(model, Path(tmp), out, base_dir)
         else:
             with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
+                f.write(data)
+            del data
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _serialize_under_2gb(model: onnx.ModelProto) -> bytes | None:
+    """The serialized model, or None when it passes protobuf's 2 GB limit. Serializes once:
+    ``ByteSize()`` would cost a full serialization too (upb encodes to measure; and raises past
+    2 GB, as SerializeToString does)."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        data = model.SerializeToString()
+    except (EncodeError, ValueError):
+        return None
+    return data if len(data) <= _TWO_GB else None
 
 
 def _save_with_external_data(model: onnx.ModelProto, tmp: Path, out: Path, base_dir: str) -> None:
@@ -571,13 +584,14 @@ def convert_opset(graph: Graph, version: int, why: str) -> Graph:
         raise PassError(f"cannot raise opset {graph.opset()} -> {version} for {why}: "
                         f"{_first_line(e)}") from None
     moved_set = set(moved)
-    weights = [t for t in model.graph.initializer if t.name in moved_set]
     g = model.graph
     del g.node[:]
     g.node.extend(conv.graph.node)
-    del g.initializer[:]
+    # The weights stay where they are (extend would copy them); only the small initializers,
+    # which went through the converter, are replaced.
+    for k in reversed([k for k, t in enumerate(g.initializer) if t.name not in moved_set]):
+        del g.initializer[k]
     g.initializer.extend(conv.graph.initializer)
-    g.initializer.extend(weights)
     del g.value_info[:]
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
