@@ -78,6 +78,22 @@ def test_aot_kernel_launches_as_jit_does(compiled: dict, plugin: str, case: str,
             assert None in r["static_args"], "a symbolic batch makes a symbolic argument"
 
 
+def test_ptx_isa_is_lowered_to_what_the_driver_loads() -> None:
+    """Triton writes the newest PTX ISA its ptxas knows (9.4 for Triton 3.9); a CUDA 13.0
+    driver refuses it (seen on the H100 machine), so the PTX is lowered to the driver's."""
+    code = ("import onnxpass.plugins.kernels.base as b\n"
+            "from triton.backends.compiler import GPUTarget\n"
+            "b._driver_ptx_version = lambda: 84\n"
+            "t = GPUTarget('cuda', 90, 32)\n"
+            "for v in (None, 80):\n"
+            "    a = b.aot_kernel('GeluPlugin', [[4, 8]], ['float16'], {}, target=t, ptx_version=v)\n"
+            "    print(a.ptx.split('.version ')[1][:3])\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.stdout.split() == ["8.4", "8.0"], p.stderr[-2000:]
+
+
 def test_symbolic_plans_evaluate_to_the_concrete_ones() -> None:
     """The launch plan with a run-time batch, evaluated at several batches, is the plan for
     that batch: what TensorRT computes from the AOT kernel's symbolic launch parameters."""

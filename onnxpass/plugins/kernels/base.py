@@ -269,7 +269,9 @@ def aot_kernel(plugin: str, shapes: Sequence[Sequence[Dim]], dtypes: Sequence[st
                ) -> AotKernel:
     """Compile ``plugin``'s kernel for these input shapes (ints or symbolic dims), dtypes and
     attributes to PTX for ``target`` (a ``triton.backends.compiler.GPUTarget``; default: this
-    machine's GPU). No GPU is needed when ``target`` is given. Pointers are taken to be 16-byte
+    machine's GPU). No GPU is needed when ``target`` is given. The PTX ISA version is
+    ``ptx_version`` (84 for 8.4), or Triton's, lowered to what this machine's CUDA driver loads
+    (Triton 3.9 writes 9.4, which a CUDA 13.0 driver refuses). Pointers are taken to be 16-byte
     aligned, as TensorRT allocates them."""
     from triton.compiler import ASTSource
 
@@ -297,12 +299,15 @@ def aot_kernel(plugin: str, shapes: Sequence[Sequence[Dim]], dtypes: Sequence[st
     for name, c in plan.kernel.params:
         if c:
             signature[name] = "constexpr"
+    source = ASTSource(plan.kernel.compiled, signature, plan.constexprs, hints)
     options: dict[str, Any] = {"num_warps": plan.num_warps}
     if ptx_version is not None:
         options["ptx_version"] = ptx_version
-    compiled = triton.compile(ASTSource(plan.kernel.compiled, signature, plan.constexprs, hints),
-                              target=target or triton.runtime.driver.active.get_current_target(),
-                              options=options)
+    target = target or _this_gpu()
+    compiled = triton.compile(source, target=target, options=options)
+    driver = _driver_ptx_version() if ptx_version is None else None
+    if driver is not None and _ptx_isa(compiled.asm["ptx"]) > driver:
+        compiled = triton.compile(source, target=target, options={**options, "ptx_version": driver})
     md = compiled.metadata
     if getattr(md, "num_ctas", 1) != 1:
         raise ValueError(f"{md.name}: clusters of CTAs cannot be launched by TensorRT")
@@ -310,6 +315,30 @@ def aot_kernel(plugin: str, shapes: Sequence[Sequence[Dim]], dtypes: Sequence[st
     grid = tuple(plan.grid) + (1,) * (3 - len(plan.grid))
     return AotKernel(md.name, ptx, grid, (md.num_warps * 32, 1, 1), md.shared,  # type: ignore[arg-type]
                      tuple(plan.args), len(runtime))
+
+
+def _this_gpu() -> Any:
+    return triton.runtime.driver.active.get_current_target()
+
+
+def _ptx_isa(ptx: str) -> int:
+    major, minor = re.search(r"\.version (\d+)\.(\d+)", ptx).groups()  # type: ignore[union-attr]
+    return int(major) * 10 + int(minor)
+
+
+def _driver_ptx_version() -> int | None:
+    """The newest PTX ISA this machine's CUDA driver loads (Triton writes the newest its own
+    ptxas knows, which an older driver refuses)."""
+    import ctypes
+
+    try:
+        from triton.backends.nvidia.compiler import ptx_get_version
+
+        version = ctypes.c_int()
+        ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version))
+    except (ImportError, OSError):
+        return None
+    return int(ptx_get_version(f"{version.value // 1000}.{version.value % 1000 // 10}"))
 
 
 def _drop_hidden_params(ptx: str, name: str, keep: int) -> str:

@@ -48,7 +48,7 @@ def gelu_kernel(x_ptr, n, y_ptr, APPROXIMATE: tl.constexpr, BLOCK: tl.constexpr)
 
 
 def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
-         block: int = BLOCK, num_warps: int = 8) -> Launch:
+         block: int = BLOCK, num_warps: int = 4) -> Launch:
     n = prod(shapes[0])
     return Launch(gelu_kernel, grid=(cdiv(n, block),), args=(n,),
                   constexprs={"APPROXIMATE": bool(attrs["approximate"]), "BLOCK": block},
