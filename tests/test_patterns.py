@@ -158,3 +158,28 @@ def test_rule_is_skipped_when_a_required_op_is_absent() -> None:
     assert rule.required == {"Exp"}
     g = graph(f"""{HDR} g (float[4] x) => (float[4] y) {{ y = Relu (x) }}""")
     assert apply_rules(g, [rule], "t") == 0 and ops(g) == ["Relu"]
+
+
+
+def test_shared_subpattern_may_feed_other_nodes_and_stays() -> None:
+    text = f"""{HDR} g (float[4] x1, float[4] x2, bool[4] m) => (float[4] y1, float[4] y2)
+        <float big = {{-10000.0}}> {{
+        mf = Cast <to = 1> (m)
+        bias = Mul (mf, big)
+        z1 = Add (x1, bias)
+        y1 = Relu (z1)
+        z2 = Add (bias, x2)
+        y2 = Relu (z2)
+    }}"""
+
+    def rule(shared: bool) -> Rule:
+        def pattern(op, x, m):  # type: ignore[no-untyped-def]
+            bias = op.Mul(op.Cast(m, to=1), Const("big"))
+            return op.Relu(op.Add(x, bias.shared() if shared else bias))
+
+        return Rule("r", pattern, lambda op, m: op.Where(m["m"], op.Relu(m["x"]), m["x"]))
+
+    g = graph(text)
+    assert apply_rules(g, [rule(shared=False)], "t") == 0  # bias feeds the other layer too
+    assert apply_rules(g, [rule(shared=True)], "t") == 2
+    assert "Mul" not in ops(g.to_model())  # dropped once both layers were rewritten

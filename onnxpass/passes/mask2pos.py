@@ -7,9 +7,9 @@ Matches, along one axis of a bool or integer mask,
 
 with ``c[last]`` a Slice [-1:] along the same axis, and the Sub (offset), the Add (eps) and the
 Mul (scale) each optional: DETR's sine position embedding (offset 0 or 0.5, eps 1e-6, scale
-2*pi) and AnchorDETR's mask2pos ((c - 0.5) / c[last], scaled later). The Not may be shared by the
-y and x positions; it is left in place and dropped once unused. Slices of the mask before the
-Cast (AnchorDETR's not_mask[:, :, 0]) stay as they are.
+2*pi) and AnchorDETR's mask2pos ((c - 0.5) / c[last], scaled later). The Not and the Cast may
+be shared by the y and x positions; they are left in place and dropped once unused. Slices of
+the mask before the Cast (AnchorDETR's not_mask[:, :, 0]) stay as they are.
 
 Forms: ``plugin`` only: Mask2PosPlugin(mask) carries the formula (axis, offset, eps, scale,
 invert); without a plugin the ops above are already the plainest ONNX for it, so there is no
@@ -31,8 +31,8 @@ from onnxpass.plugins.mask2pos import MASK2POS
 
 
 def mask2pos_pattern(op, mask):  # type: ignore[no-untyped-def]
-    valid = Alt(pad=op.Not(mask).shared(), valid=mask, tag="mask")
-    c = op.CumSum(op.Cast(valid, to=TensorProto.FLOAT), Const("axis"), exclusive=0, reverse=0)
+    valid = op.Cast(Alt(pad=op.Not(mask), valid=mask, tag="mask"), to=TensorProto.FLOAT)
+    c = op.CumSum(valid.shared(), Const("axis"), exclusive=0, reverse=0)
     slice_args = (c, Const("starts"), Const("ends"), Const("axes"))
     last = op.Slice(*slice_args) | op.Slice(*slice_args, Const("steps"))
     pos = op.Div(op.Sub(c, Const("offset")).optional(), op.Add(last, Const("eps")).optional())

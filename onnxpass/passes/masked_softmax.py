@@ -16,16 +16,21 @@ keeps the last dim.
 
 Exactness: the additive forms and the select form differ when a row is fully masked (-10000
 leaves softmax(x), finfo.min a uniform row, -inf NaN), so each form keeps its own formula: the
-plugin's ``mode`` and ``fill`` say which, and nothing is turned into another form.
+plugin's ``mode`` and ``fill`` say which, and nothing is turned into another form. The Expand is
+dropped only where the last axis provably keeps its size (else the expanded bool/int mask is
+used as it is); where shape inference cannot show that it adds nothing to the other dims (a
+symbolic batch), the result is expanded to the same target instead: the softmax rows are the
+same either way.
 
 Forms:
-- ``plugin`` (default): MaskedSoftmaxPlugin(x, m) with m compact, never expanded to x's shape.
-- ``std``: the same Where or Add, on the compact mask broadcast by the op instead of an Expand
-  to full size; fires only where there is such an Expand.
+- ``plugin`` (default): MaskedSoftmaxPlugin(x, m) with m the compact bool/int mask, never a float
+  mask expanded to the scores' shape.
+- ``std``: the same Where or Add on the compact mask, broadcast by the op instead of an Expand to
+  full size; fires only where there is such an Expand to drop.
 
 Never fires when the mask is a float tensor (an additive bias, not a mask), fill is not a scalar
-constant, the "1" or "0" is not exactly that, the Softmax is not over the last axis, the compact
-mask does not broadcast to x's shape, or a Reshape changes the last dim.
+constant, the "1" or "0" is not exactly that, the Softmax is not over the last axis, the shapes
+are unknown, or a Reshape changes the last dim.
 """
 
 from __future__ import annotations
@@ -80,21 +85,25 @@ def check_masked_softmax(m: Match) -> MatchFailure | None:
             return MatchFailure(f"{name} is {m.const(name).reshape(-1)[:4]}, not exactly {exact}")
     if m.const("fill").size != 1:
         return MatchFailure(f"fill has {m.const('fill').size} elements, expected a scalar")
-    x_shape, scores = m.shape("x"), m.graph.shape(m.node("Softmax").inputs[0])
-    if x_shape is None or scores is None or not x_shape or m.attr("axis") not in (-1,
-                                                                                  len(scores) - 1):
+    scores = m.graph.shape(m.node("Softmax").inputs[0])
+    if scores is None or not scores or m.attr("axis") not in (-1, len(scores) - 1):
         return MatchFailure(f"softmax axis {m.attr('axis')} is not the last axis of {scores}")
-    if not _broadcasts(m.shape("mask"), x_shape):
-        return MatchFailure(f"mask of shape {m.shape('mask')} does not broadcast to the scores' "
-                            f"shape {x_shape}")
-    if "shape" in m and not _same_dim(x_shape[-1], scores[-1]):
-        return MatchFailure(f"the Reshape changes the last dim {x_shape[-1]} -> {scores[-1]}")
+    x, mask = m.shape("x"), m.shape("mask")
+    z = m.graph.shape(m.node("Reshape" if "shape" in m else "Softmax").inputs[0])  # masked x
+    if x is None or mask is None or not z:
+        return MatchFailure("the shapes of the scores, the mask or the masked scores are unknown")
+    if "full" in m and not _same_dim(_broadcast(x[-1], mask[-1] if mask else 1), z[-1]):
+        return MatchFailure(f"the Expand to {m['full']!r} may widen the last axis {z[-1]}")
+    if "shape" in m and not _same_dim(z[-1], scores[-1]):
+        return MatchFailure(f"the Reshape changes the last dim {z[-1]} -> {scores[-1]}")
+    # Without the Expand, x and the mask broadcast to x's shape; where shape inference cannot
+    # tell that the Expand's result had it too (a symbolic batch), the result is expanded back.
+    m.facts["widens"] = "full" in m and not (len(x) == len(z) and all(map(_same_dim, x, z)))
     return None
 
 
-def _broadcasts(mask: Any, x: Any) -> bool:
-    return (mask is not None and len(mask) <= len(x)
-            and all(d == 1 or _same_dim(d, e) for d, e in zip(mask[::-1], x[::-1])))
+def _broadcast(a: Any, b: Any) -> Any:
+    return b if a == 1 else a if b in (1, a) else None
 
 
 def _same_dim(a: Any, b: Any) -> bool:
@@ -102,15 +111,18 @@ def _same_dim(a: Any, b: Any) -> bool:
 
 
 def emit(op: RewriteBuilder, m: Match, plugin: bool) -> str:
+    """Softmax over the last axis commutes with an Expand or Reshape that keeps that axis."""
     mode, invert = FORMS[m.tag("form") or ""]
-
-    def reshape(v: str) -> str:  # softmax and Reshape commute: the Reshape keeps the last dim
-        return op.Reshape(v, m["shape"], allowzero=m.attr("allowzero") or None) if "shape" in m else v
-
     if plugin:
-        return reshape(op.plugin("MaskedSoftmaxPlugin", m["x"], m["mask"], mode=mode,
-                                 fill=float(m.const("fill").reshape(-1)[0]), invert=invert))
-    return op.Softmax(reshape(_std_masked(op, m, mode, invert)), axis=m.attr("axis"))
+        y = op.plugin("MaskedSoftmaxPlugin", m["x"], m["mask"], mode=mode, invert=invert,
+                      fill=float(m.const("fill").reshape(-1)[0]))
+    else:
+        y = op.Softmax(_std_masked(op, m, mode, invert), axis=-1)
+    if m.facts["widens"]:
+        y = op.Expand(y, m["full"])
+    if "shape" in m:
+        y = op.Reshape(y, m["shape"], allowzero=m.attr("allowzero") or None)
+    return y
 
 
 def _std_masked(op: RewriteBuilder, m: Match, mode: int, invert: int) -> str:

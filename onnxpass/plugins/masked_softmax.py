@@ -1,5 +1,6 @@
-"""MaskedSoftmaxPlugin: y = softmax(z) over the last axis of x, where z masks the scores x with a
-compact mask (bool or integer, broadcast to x's shape; y has x's shape). With keep = mask != 0
+"""MaskedSoftmaxPlugin: y = softmax(z) over the last axis, where z masks the scores x with a compact
+mask (bool or integer; ONNX broadcasting, so y has the broadcast shape of x and mask: x's shape
+when the mask broadcasts to the scores, as attention masks do). With keep = mask != 0
 (``invert`` = 0) or keep = mask == 0 (``invert`` = 1):
 
 - mode 0: z = x + (1 - float(mask)) * fill, or x + float(mask) * fill with ``invert`` = 1

@@ -1,0 +1,124 @@
+"""masked_softmax and mask2pos on real exports: every instance torch computes is fused, outputs
+unchanged.
+
+The AnchorDETR-style model (tests/models_anchordetr.py) has every form the passes target: the
+additive and the -inf masks, AnchorDETR's view - masked_fill - view, a mask expanded to full size,
+DETR's and AnchorDETR's mask2pos, and an unmasked softmax that must stay. The transformers models
+of tests/models.py add SDPA's bool masks (BERT, CLIP text) and DETR's sine position embedding.
+Expected counts come from running the torch model (models_anchordetr.torch_counts).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxpass
+from onnxpass.plugins.base import DOMAIN
+from onnxpass.verify import compare_models, random_inputs
+from tests.models_anchordetr import Counts, build, export, torch_counts
+
+EXPORTERS = ("torchscript", "dynamo")
+RTOL, ATOL = 1e-5, 1e-5
+
+
+class AnchorDETRExports:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.model, self.args = build()
+        self.counts = torch_counts(self.model, self.args)
+        self._paths: dict[str, Path] = {}
+
+    def export(self, exporter: str) -> Path:
+        if exporter not in self._paths:
+            self._paths[exporter] = self.root / f"anchordetr-{exporter}.onnx"
+            export(self.model, self.args, exporter, self._paths[exporter])
+        return self._paths[exporter]
+
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        """The padded batch the model was built with, and random features with a random mask
+        (rows and columns fully padded included: NaN rows must stay where they were)."""
+        real = {"features": self.args[0].numpy(), "pad": self.args[1].numpy()}
+        return [real, random_inputs(onnx.load(str(self.export("torchscript"))), seed=3)]
+
+
+@pytest.fixture(scope="session")
+def anchordetr(tmp_path_factory: pytest.TempPathFactory) -> AnchorDETRExports:
+    return AnchorDETRExports(tmp_path_factory.mktemp("anchordetr"))
+
+
+def ops(model: onnx.ModelProto) -> Counter[str]:
+    return Counter(n.op_type if n.domain in ("", DOMAIN) else f"{n.domain}.{n.op_type}"
+                   for n in model.graph.node)
+
+
+def rewrite(model: onnx.ModelProto, passes: str) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The rewritten copy of ``model``, checked, and how many rewrites each pass made."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    rewritten, result = onnxpass.rewrite(copy, passes)
+    onnx.checker.check_model(rewritten, full_check=True)
+    return rewritten, {s.name.partition("=")[0]: s.matches for s in result.stats}
+
+
+def assert_same_outputs(original: onnx.ModelProto, rewritten: onnx.ModelProto,
+                        feeds: list[dict[str, np.ndarray]]) -> None:
+    for f in feeds:
+        stats = compare_models(original, rewritten, f, rtol=RTOL, atol=ATOL)
+        assert all(s.within for s in stats), "\n".join(s.line() for s in stats)
+
+
+def assert_plugins(rewritten: onnx.ModelProto, want: Counts, mask2pos: bool = True) -> None:
+    got = ops(rewritten)
+    assert got["MaskedSoftmaxPlugin"] == want.masked_softmax, got
+    assert got["Softmax"] == want.softmax - want.masked_softmax, got  # unmasked ones stay
+    if mask2pos:
+        assert (got["Mask2PosPlugin"], got["CumSum"]) == (want.mask2pos, 0), got
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_anchordetr_plugins(anchordetr: AnchorDETRExports, exporter: str) -> None:
+    want = anchordetr.counts
+    assert (want.masked_softmax, want.softmax, want.mask2pos) == (4, 5, 4)  # the model's design
+    original = onnx.load(str(anchordetr.export(exporter)))
+    rewritten, _ = rewrite(original, "masked_softmax,mask2pos")
+    assert_plugins(rewritten, want)
+    assert_same_outputs(original, rewritten, anchordetr.feeds())
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_anchordetr_std_drops_full_size_masks(anchordetr: AnchorDETRExports,
+                                              exporter: str) -> None:
+    original = onnx.load(str(anchordetr.export(exporter)))
+    rewritten, matches = rewrite(original, "masked_softmax=std")
+    assert matches["masked_softmax"] == anchordetr.counts.expanded == 2
+    assert ops(rewritten)["Softmax"] == anchordetr.counts.softmax
+    _, again = rewrite(rewritten, "masked_softmax=std")
+    assert again["masked_softmax"] == 0, "an expanded mask is left"
+    assert_same_outputs(original, rewritten, anchordetr.feeds())
+
+
+# BERT and CLIP text: SDPA with a bool padding (and causal) mask. DETR: the sine position
+# embedding's two mask2pos. (DETR's torch run skips its all-ones attention mask, which the
+# exports keep, so its masked softmaxes have no torch count to check against.)
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", ["bert", "clip_text", "detr"])
+def test_transformers_models(real_models, name: str, exporter: str) -> None:  # type: ignore[no-untyped-def]
+    path = real_models.export(name, exporter)
+    if isinstance(path, str):
+        pytest.skip(path)
+    built = real_models.built(name)
+    want = torch_counts(built.module, built.args)
+    original = onnx.load(str(path))
+    rewritten, _ = rewrite(original, "mask2pos" if name == "detr" else "masked_softmax,mask2pos")
+    got = ops(rewritten)
+    if name == "detr":
+        assert (got["Mask2PosPlugin"], got["CumSum"]) == (want.mask2pos, 0) == (2, 0), got
+    else:
+        assert want.masked_softmax == 2
+        assert_plugins(rewritten, want)
+    assert_same_outputs(original, rewritten, [random_inputs(original)])
