@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 from typing import ClassVar
 
 from onnxpass.errors import UnknownPassError
-from onnxpass.graph import Graph, convert_opset
+from onnxpass.graph import Graph, RewriteRefused, convert_opset
 from onnxpass.patterns.matcher import Tracer
 from onnxpass.patterns.rule import Rule, apply_rules
 
@@ -80,7 +80,11 @@ class PatternPass(Pass):
         for node in graph.live_nodes():
             for r in rules:
                 if r.required <= present and (r.roots is None or node.op_type in r.roots):
-                    if next(iter(r.matches_at(graph, node, Tracer())), None) is not None:
+                    for m in r.matches_at(graph, node, Tracer()):
+                        try:  # a match the rewrite would refuse raises no opset
+                            graph.check_self_contained(m.nodes, m.outputs)
+                        except RewriteRefused:
+                            continue
                         return True
         return False
 

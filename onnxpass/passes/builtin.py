@@ -1,6 +1,7 @@
 """Registers the passes and pipelines that ship with onnxpass."""
 
 from onnxpass.passes import cleanup, gelu, layernorm  # noqa: F401
+from onnxpass.passes import attention  # noqa: F401
 from onnxpass.passes import l2norm  # noqa: F401
 from onnxpass.passes import mask2pos, masked_softmax  # noqa: F401
 from onnxpass.passes import add_bias_transpose, matmul2d  # noqa: F401

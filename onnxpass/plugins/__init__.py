@@ -1,6 +1,7 @@
 """Plugin ops that passes emit. Each module registers one :class:`PluginSpec`."""
 
 from onnxpass.plugins import gelu, layernorm
+from onnxpass.plugins import attention  # noqa: F401
 from onnxpass.plugins import l2norm  # noqa: F401
 from onnxpass.plugins import mask2pos, masked_softmax  # noqa: F401
 from onnxpass.plugins import add_bias_transpose  # noqa: F401

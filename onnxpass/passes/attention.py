@@ -1,0 +1,354 @@
+"""attention: fuse multi-head scaled dot-product attention, self or cross.
+
+Matches, for Q (B,H,S,d), K (B,H,L,d), V (B,H,L,dv) after the head split, or the batched
+(B*H, S, d) forms of all three:
+
+    Y = MatMul(guard(Softmax(scale * Q K^T [masked by Where] [+ bias] [+ mask])), V)
+
+in the forms exporters write:
+- K^T as one Transpose of any perm ((0,2,3,1) from (B,S,H,d); (0,1,3,2); the outer of two),
+  dynamo's Reshape(-1,L,d)-Transpose-Reshape(..,d,L), or a K given already transposed;
+- the scale as Mul or Div by a constant on the scores, on Q, on K (before or after its transpose),
+  sqrt(scale) on both (TorchScript's scaled_dot_product_attention), or none: the fused scale is
+  the product of them all;
+- additive terms on the scaled scores (a mask from (1 - m) * -10000, finfo.min or -inf, a
+  relative-position bias, or both), and masking as Where(cond, scores, fill) or its inverse;
+- Softmax over the last axis (-1 or 3), optionally between Casts (softmax in another precision);
+- dynamo's guard Where(IsNaN(p), 0, p) after the Softmax.
+The fused node spans Q, K, V (after the head split) through MatMul(p, V): projections, packed
+QKV (Slice, Split, Gather/Squeeze), head split and head merge stay ordinary nodes.
+
+Forms:
+- ``std`` (default): ONNX Attention (opset 23, raised when needed; TensorRT >= 10.14 imports it).
+  Q, K, V go in 4-D as TensorRT needs (the batched form as (B*H, 1, S, d)), the scale explicitly,
+  the additive terms summed into attn_mask and expanded to (.., S, L) unless its last two dims
+  are known to be (S, L) (ONNX Runtime requires them), softmax_precision when the Softmax runs in
+  another precision.
+- ``plugin``: AttentionPlugin(q, k, v, mask) (see onnxpass/plugins/attention.py).
+- ``trt``: the chain TensorRT fuses by itself, MatMul(Q', K^T) -> [mask] -> Softmax -> MatMul(p, V),
+  with the whole scale in Q': folded into Q's projection weights when it is a power of two (exact)
+  and the projection feeds only this attention, else one Mul on Q. A NaN guard moves after the
+  output MatMul, where it zeroes the same rows without splitting the chain.
+
+Edges: a fully masked row (all scores -inf) gives zeros in every form, as the guard and ONNX
+Attention do; where the original has no guard, that row was NaN. All other outputs are unchanged.
+
+Refused, with the reason shown by ``onnxpass match --explain``: Q/K/V of unknown rank or not 3-D
+or 4-D; a scale that is not a constant scalar; Softmax over another axis; Casts that change the
+output dtype; a Where fill other than -inf or float32's lowest value (an additive mask cannot
+reproduce a finite fill on a fully masked row); batch or head dims that MatMul broadcasts and
+Attention does not; a mask or condition that broadcasts the scores to a bigger shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.normalize import FLOATS
+from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+
+SCALES = ("q_scale", "k_scale", "kt_scale", "s_scale")
+TERMS = ("bias", "mask")
+_LOWEST_F32 = -(2.0 ** 127)  # float32 finfo.min is below this; |s| < 2^103 vanishes against it
+
+
+def make_pattern(fold_q: bool):  # type: ignore[no-untyped-def]
+    """The attention core; with ``fold_q`` Q may also be matched with its projection."""
+
+    def attention_pattern(op, q, k, v):  # type: ignore[no-untyped-def]
+        def scaled(x, name):  # type: ignore[no-untyped-def]
+            return Alt(mul=op.Mul(x, Const(name)), div=op.Div(x, Const(name)), none=x, tag=name)
+
+        if fold_q:
+            linear = op.MatMul(Var("x_q"), Const("w_q"))
+            heads = op.Reshape(op.Add(linear, Const("b_q")) | linear, Var("q_heads"),
+                               allowzero=Var("q_allowzero"))
+            q = Alt(proj=op.Transpose(heads, perm=[0, 2, 1, 3]), head=q, tag="q_proj")
+        k_pre = scaled(k, "k_scale")
+        dims = op.Shape(k_pre, start=0, end=Var("k_shape_end"))
+        last, second = op.Slice(dims, -1, Const("k_end")), op.Slice(dims, -2, -1)
+        flat = op.Reshape(k_pre, op.Concat(-1, second, last, axis=0))
+        unflat = op.Concat(op.Slice(dims, Const("k_start"), -2), last, second, axis=0)
+        k_t = Alt(transpose=op.Transpose(k_pre, perm=Var("k_perm")),
+                  flat=op.Reshape(op.Transpose(flat, perm=[0, 2, 1]), unflat),
+                  given=k_pre, tag="k_layout")
+        scores = scaled(op.MatMul(scaled(q, "q_scale"), scaled(k_t, "kt_scale")), "s_scale")
+        where = Alt(where=op.Where(Var("cond"), scores, Const("fill")),
+                    where_not=op.Where(Var("cond"), Const("fill"), scores), none=scores,
+                    tag="where")
+        masked = Alt(op.Add(op.Add(where, Var("bias")), Var("mask")), op.Add(where, Var("mask")),
+                     where)
+        softmax = op.Softmax(op.Cast(masked, to=Var("cast_in")).optional(), axis=Var("axis"))
+        p = op.Cast(softmax, to=Var("cast_out")).optional()
+        return op.MatMul(Alt(guard=op.Where(op.IsNaN(p), 0.0, p), none=p, tag="guard"), v)
+
+    return attention_pattern
+
+
+@dataclass
+class Core:
+    """What the check worked out for the rewrite."""
+
+    rank: int
+    scale: float
+    dtype: int                   # Q's element type
+    softmax_dtype: int
+    k_perm: list[int] | None     # applied to k gives (B, H, L, d); None: k already is
+    kt_perm: list[int] | None    # applied to k gives K^T; None: k already is
+    expand_mask: bool            # std: attn_mask's last two dims are not known to be (S, L)
+    raise_lowest: bool = False   # std: attn_mask may hold the dtype's lowest value (see emit)
+
+
+def check_attention(m: Match, form: str) -> MatchFailure | None:
+    q = "q" if m.get("q") else "x_q"
+    if m.dtype(q) not in FLOATS or m.dtype("v") != m.dtype(q):
+        return MatchFailure(f"Q/V dtypes {m.dtype(q)}/{m.dtype('v')} are not one float type")
+    r = m.rank("v")
+    if r not in (3, 4) or m.rank("k") != r or (m.get("q") and m.rank("q") != r):
+        return MatchFailure(f"Q/K/V ranks {m.get('q') and m.rank('q')}/{m.rank('k')}/{r}: "
+                            f"expected all 3 or all 4")
+    if m.attr("axis") not in (-1, r - 1):
+        return MatchFailure(f"Softmax over axis {m.attr('axis')}, not the last one")
+    scale = _scale(m)
+    if isinstance(scale, MatchFailure):
+        return scale
+    k_perm, kt_perm = _k_layout(m, r)
+    if isinstance(k_perm, MatchFailure):
+        return k_perm
+    dt = m.dtype("v")
+    sdt = m.attr("cast_in") if "cast_in" in m else dt
+    out = m.attr("cast_out") if "cast_out" in m else sdt
+    if out != dt or sdt not in FLOATS:
+        return MatchFailure(f"Softmax runs in type {sdt} and returns {out}; Q is {dt}")
+    core = Core(r, scale, dt, sdt, k_perm, kt_perm, expand_mask=False)
+    for check in (_check_shapes, _check_trt if form == "trt" else _check_fused):
+        failure = check(m, core, form)
+        if failure is not None:  # (a MatchFailure is falsy)
+            return failure
+    m.facts["core"] = core
+    return None
+
+
+def _scale(m: Match) -> float | MatchFailure:
+    scale = 1.0
+    for name in SCALES:
+        if m.tag(name) == "none":
+            continue
+        c = m.const(name)
+        if c.size != 1 or not np.isfinite(c).all() or float(c.reshape(-1)[0]) == 0:
+            return MatchFailure(f"{name} {c.reshape(-1)[:4].tolist()} is not a finite nonzero "
+                                f"scalar")
+        value = float(c.reshape(-1)[0])
+        scale = scale * value if m.tag(name) == "mul" else scale / value
+    return scale
+
+
+def _k_layout(m: Match, r: int) -> tuple[Any, list[int] | None]:
+    swap = [*range(r - 2), r - 1, r - 2]
+    layout = m.tag("k_layout")
+    if layout == "flat":
+        start, end = m.const("k_start").reshape(-1), m.const("k_end").reshape(-1)
+        if m.attr("k_shape_end") is not None or start.size != 1 or end.size != 1 or not (
+                (start[0] == 0 or start[0] <= -r) and end[0] >= r):
+            return MatchFailure("K's Reshape-Transpose-Reshape does not swap its last two dims"), None
+        return None, swap
+    if layout == "given":
+        return swap, None
+    perm = [int(p) for p in m.attr("k_perm")]
+    if sorted(perm) != list(range(r)):
+        return MatchFailure(f"K's Transpose perm {perm} is not a rank-{r} permutation"), None
+    k_perm = [perm[j] for j in swap]
+    return (None if k_perm == list(range(r)) else k_perm), perm
+
+
+def _check_shapes(m: Match, core: Core, form: str) -> MatchFailure | None:
+    """Batch and head dims must agree where MatMul would broadcast them (Attention does not);
+    masks must not broadcast the scores up. Unknown dims are taken to agree."""
+    qs = m.shape("q") if m.get("q") else None
+    ks, vs = m.shape("k"), m.shape("v")
+    if ks is not None and core.k_perm is not None:
+        ks = tuple(ks[p] for p in core.k_perm)
+    for axis in range(core.rank - 2):  # batch (or batch*heads), heads: K/V heads may be 1 (MQA)
+        want = qs[axis] if qs is not None else None
+        for s in (ks, vs):
+            d = None if s is None else s[axis]
+            if isinstance(d, int) and isinstance(want, int) and d != want and not (
+                    axis == 1 and d == 1):
+                return MatchFailure(f"Q/K/V dim {axis} is {want} and {d}: MatMul broadcasts "
+                                    f"it, Attention does not")
+    scores = None if qs is None or vs is None else (*qs[:-1], vs[-2])
+    for name in (*TERMS, "cond"):
+        if m.get(name) is None:
+            continue
+        shape = m.shape(name)
+        if shape is None or len(shape) > core.rank:
+            return MatchFailure(f"{name} has rank {shape and len(shape)}: it may broadcast the "
+                                f"rank-{core.rank} scores up")
+        if scores is not None and any(isinstance(a, int) and isinstance(b, int) and a not in (1, b)
+                                      for a, b in zip(shape[::-1], scores[::-1])):
+            return MatchFailure(f"{name} of shape {shape} does not broadcast to scores {scores}")
+    core.expand_mask = not any(_ends_in(m.shape(n), scores) for n in (*TERMS, "cond")
+                               if m.get(n))
+    return None
+
+
+def _ends_in(shape: Any, scores: Any) -> bool:
+    """shape's last two dims are known to be the scores' (S, L)."""
+    return bool(shape and scores and len(shape) >= 2 and all(
+        a is not None and a == b for a, b in zip(shape[-2:], scores[-2:])))
+
+
+def _check_fused(m: Match, core: Core, form: str) -> MatchFailure | None:
+    if m.tag("where") != "none":
+        fill = m.const("fill")
+        f = float(fill.reshape(-1)[0]) if fill.size == 1 else math.nan
+        if not (f == -math.inf or (f <= _LOWEST_F32 and m.dtype("fill") == TensorProto.FLOAT)):
+            return MatchFailure(f"Where fills masked scores with {fill.reshape(-1)[:2].tolist()}: "
+                                f"an additive mask gives a fully masked row another result")
+    lowest = _lowest(core.dtype)
+    core.raise_lowest = form == "std" and any(
+        not m.is_const(n) or (m.const(n) == lowest).any() for n in TERMS if m.get(n))
+    if form == "plugin":
+        opset = m.graph.opset()
+        if opset < 13:
+            return MatchFailure(f"AttentionPlugin needs opset >= 13, the model has {opset}")
+        if opset < 15 and {core.dtype, core.softmax_dtype} != {TensorProto.FLOAT}:
+            return MatchFailure("a non-float32 AttentionPlugin needs opset >= 15")
+    return None
+
+
+def _check_trt(m: Match, core: Core, form: str) -> MatchFailure | None:
+    if m.tag("q_proj") == "proj":
+        if core.scale == 1.0:
+            return MatchFailure("no scale to fold into Q's projection")
+        if math.frexp(core.scale)[0] != 0.5:
+            return MatchFailure(f"scale {core.scale:g} is not a power of two: folding it into "
+                                f"Q's projection would not be exact")
+        return None
+    changes = [m.tag(s) != "none" for s in SCALES[1:]] + [
+        m.tag("q_scale") == "div", m.tag("guard") == "guard", m.tag("k_layout") == "flat",
+        "cast_in" in m and m.attr("cast_in") == core.dtype,
+        "cast_out" in m and core.softmax_dtype == core.dtype]
+    if not any(changes):
+        return MatchFailure("already TensorRT's canonical MatMul-Softmax-MatMul")
+    return None
+
+
+# ---- rewrites ----------------------------------------------------------------------------------
+
+def emit_fused(op: RewriteBuilder, m: Match, form: str) -> str:
+    c: Core = m.facts["core"]
+    q, v = m["q"], m["v"]
+    k = m["k"] if c.k_perm is None else op.Transpose(m["k"], perm=c.k_perm)
+    mask = _additive_mask(op, m, raise_lowest=form == "std")
+    one = op.const(np.array([1], np.int64))
+    if c.rank == 3:  # (B*H, S, d) -> (B*H, 1, S, d)
+        q, k, v = (op.Unsqueeze(x, one) for x in (q, k, v))
+        if mask and max(m.rank(n) or 0 for n in (*TERMS, "cond") if m.get(n)) == 3:
+            mask = op.Unsqueeze(mask, one)
+    if form == "std":
+        if mask and c.raise_lowest:  # ONNX Runtime 1.31 zeroes rows of all-lowest scores
+            lowest = _lowest(c.dtype)
+            mask = op.Where(op.Equal(mask, op.const(lowest)), op.const(_next_up(lowest)), mask)
+        if mask and c.expand_mask:
+            mask = op.Expand(mask, _mask_shape(op, m))
+        y = op.Attention(q, k, v, mask or "", scale=c.scale,
+                         softmax_precision=c.softmax_dtype if c.softmax_dtype != c.dtype else None)
+    else:
+        y = op.plugin("AttentionPlugin", q, k, v, mask or op.const(_np(c.dtype, 0.0)),
+                      scale=c.scale, softmax_precision=c.softmax_dtype)
+    return op.Squeeze(y, one) if c.rank == 3 else y
+
+
+def emit_trt(op: RewriteBuilder, m: Match) -> str:
+    c: Core = m.facts["core"]
+    if m.tag("q_proj") == "proj":
+        q = op.MatMul(m["x_q"], op.const(m.const("w_q") * _np(c.dtype, c.scale)))
+        if m.get("b_q"):
+            q = op.Add(q, op.const(m.const("b_q") * _np(c.dtype, c.scale)))
+        q = op.Transpose(op.Reshape(q, m["q_heads"], allowzero=m.attr("q_allowzero")),
+                         perm=[0, 2, 1, 3])
+    else:
+        q = m["q"] if c.scale == 1.0 else op.Mul(m["q"], op.const(_np(c.dtype, c.scale)))
+    s = op.MatMul(q, m["k"] if c.kt_perm is None else op.Transpose(m["k"], perm=c.kt_perm))
+    if m.tag("where") == "where":
+        s = op.Where(m["cond"], s, m["fill"])
+    elif m.tag("where") == "where_not":
+        s = op.Where(m["cond"], m["fill"], s)
+    for name in TERMS:
+        if m.get(name):
+            s = op.Add(s, m[name])
+    if c.softmax_dtype != c.dtype:
+        s = op.Cast(s, to=c.softmax_dtype)
+    p = op.Softmax(s, axis=-1)
+    if c.softmax_dtype != c.dtype:
+        p = op.Cast(p, to=c.dtype)
+    y = op.MatMul(p, m["v"])
+    masked = [n for n in (*TERMS, "cond") if m.get(n)]
+    if m.tag("guard") == "guard" and not all(n != "cond" and m.is_const(n) and
+                                             np.isfinite(m.const(n)).all() for n in masked):
+        y = op.Where(op.IsNaN(y), op.const(_np(c.dtype, 0.0)), y)
+    return y
+
+
+def _additive_mask(op: RewriteBuilder, m: Match, raise_lowest: bool) -> str | None:
+    """The sum of every additive term, the Where mask turned into Where(cond, 0, fill)."""
+    terms = [m[n] for n in TERMS if m.get(n)]
+    if m.tag("where") != "none":
+        fill = m.const("fill").reshape(())
+        zero = op.const(np.zeros((), fill.dtype))
+        if raise_lowest and fill == np.finfo(fill.dtype).min:
+            fill = op.const(_next_up(fill))
+        else:
+            fill = m["fill"]
+        keep, drop = (zero, fill) if m.tag("where") == "where" else (fill, zero)
+        terms.append(op.Where(m["cond"], keep, drop))
+    total = terms[0] if terms else None
+    for t in terms[1:]:
+        total = op.Add(total, t)
+    return total
+
+
+def _mask_shape(op: RewriteBuilder, m: Match) -> str:
+    """(1, 1, S, L): S is Q's dim -2, L is V's; a constant when both are known."""
+    dims = [(m.shape(n) or (None, None))[-2] for n in ("q", "v")]
+    if all(isinstance(d, int) for d in dims):
+        return op.const(np.array([1, 1, *dims], np.int64))
+    parts = [op.Shape(m[n], start=m.rank(n) - 2, end=m.rank(n) - 1) for n in ("q", "v")]
+    return op.Concat(op.const(np.ones(2, np.int64)), *parts, axis=0)
+
+
+def _lowest(dtype: int) -> np.ndarray:
+    return np.array(np.finfo(helper.tensor_dtype_to_np_dtype(dtype)).min)
+
+
+def _next_up(lowest: np.ndarray) -> np.ndarray:
+    """The float after the lowest: s + it equals it wherever s + lowest equals lowest."""
+    return np.nextafter(lowest, np.zeros((), lowest.dtype))
+
+
+def _np(dtype: int, value: float) -> np.ndarray:
+    return np.array(value, helper.tensor_dtype_to_np_dtype(dtype))
+
+
+@register
+class Attention(PatternPass):
+    name = "attention"
+    summary = ("fuse scaled dot-product attention -> Attention (std), AttentionPlugin (plugin) or "
+               "TensorRT's canonical MatMul-Softmax-MatMul (trt)")
+    forms = ("std", "plugin", "trt")
+    default_form = "std"
+    required_opset = {"std": 23}
+
+    def rules(self) -> list[Rule]:
+        form = self.form or "std"
+        rewrite = (lambda op, m: emit_trt(op, m)) if form == "trt" else (
+            lambda op, m: emit_fused(op, m, form))
+        return [Rule("attention", make_pattern(fold_q=form == "trt"),
+                     check=lambda m: check_attention(m, form), rewrite=rewrite)]
