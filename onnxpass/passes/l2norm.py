@@ -64,7 +64,7 @@ def check_l2norm(m: Match) -> MatchFailure | None:
         grown, want = m.graph.shape(m.node("Expand").outputs[0]), m.shape("x")
         if grown is None or grown != want or None in grown:
             return MatchFailure(f"Expand gives shape {grown}, not x's shape {want}")
-    mode = m.tag("mode") or "plain"
+    mode = m.tag("mode")
     eps = np.zeros((), np.float32) if mode == "plain" else np.asarray(m.attr("eps"))
     if eps.size != 1 or eps.ndim > (m.rank("x") or 0):
         return MatchFailure(f"eps of shape {eps.shape} is not a scalar that leaves x's shape")

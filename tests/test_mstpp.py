@@ -1,0 +1,63 @@
+"""A tiny MST++ (tests/models_mstpp.py) exported by TorchScript and dynamo: every F.normalize of
+Q and K becomes an L2NormPlugin, every LayerNorm and GELU is fused by their passes, and the
+outputs do not move. Expected counts come from running the torch model."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxpass
+from onnxpass.plugins.base import DOMAIN
+from onnxpass.verify import error_stats, run
+from tests.models import export, torch_counts
+from tests.models_mstpp import l2norm_calls, mstpp
+
+RTOL, ATOL = 1e-5, 1e-5  # float32; atol for elements near zero
+# dynamo writes F.normalize the same at opset 18 and 20: tests/models.py's dynamo18 adds nothing.
+EXPORTERS = ("torchscript", "dynamo")
+# Left behind by any unfused instance: F.normalize's ReduceL2/Clip/Expand, LayerNorm's
+# ReduceMean, GELU's Erf.
+DECOMPOSED = {"ReduceL2", "ReduceSum", "Clip", "Expand", "ReduceMean", "Erf"}
+
+
+@pytest.fixture(scope="session")
+def mstpp_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    built = mstpp()
+    root = tmp_path_factory.mktemp("mstpp")
+    cache: dict[str, Path] = {}
+
+    def get(exporter: str) -> Path:
+        if exporter not in cache:
+            cache[exporter] = root / f"mstpp-{exporter}.onnx"
+            export(built, exporter, cache[exporter])
+        return cache[exporter]
+
+    return built, get
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_mstpp_fuses_every_instance(mstpp_exports, exporter: str) -> None:  # type: ignore
+    built, get = mstpp_exports
+    norms, want = l2norm_calls(built)["F.normalize"], torch_counts(built)
+    assert (norms, want.layernorm, want.gelu) == (6, 3, 9)
+    original = onnx.load(str(get(exporter)))
+    rewritten, _ = onnxpass.rewrite(onnx.load(str(get(exporter))), "l2norm,layernorm,gelu")
+    onnx.checker.check_model(rewritten, full_check=True)
+
+    ops = Counter((n.domain, n.op_type) for n in rewritten.graph.node)
+    assert ops[(DOMAIN, "L2NormPlugin")] == norms
+    assert ops[("", "LayerNormalization")] == want.layernorm
+    assert ops[("", "Gelu")] == want.gelu
+    assert not {op for _, op in ops} & DECOMPOSED, ops
+
+    feeds = {"rgb": built.args[0].numpy()}
+    want_y, got_y = run(original, feeds)["hsi"], run(rewritten, feeds)["hsi"]
+    stats = error_stats("hsi", want_y, got_y, RTOL, ATOL)
+    assert stats.within, stats.line()
+    # Relative to the output's scale too: max |rewritten - original| <= 1e-5 max |original|.
+    assert stats.abs_max <= 1e-5 * np.abs(want_y).max(), stats.line()
