@@ -162,9 +162,31 @@ def levit() -> Built:
                  ["last_hidden_state", "pooler_output"])
 
 
+def swin() -> Built:
+    """Shifted windows: LayerNorm before window partitioning and in patch merging (4C wide)."""
+    from transformers import SwinConfig, SwinModel
+
+    cfg = SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                     window_size=4, mlp_ratio=2.0, drop_path_rate=0.0)
+    cfg._attn_implementation = "eager"
+    return _wrap(SwinModel(cfg), (_image(32),), ["pixel_values"],
+                 ["last_hidden_state", "pooler_output"])
+
+
+def segformer() -> Built:
+    """LayerNorm on flattened NCHW tokens and on spatially reduced keys; GELU after a
+    depthwise conv (Mix-FFN)."""
+    from transformers import SegformerConfig, SegformerModel
+
+    cfg = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+                          hidden_sizes=[16, 32], patch_sizes=[7, 3], strides=[4, 2],
+                          num_attention_heads=[1, 2], mlp_ratios=[2, 2], drop_path_rate=0.0)
+    return _wrap(SegformerModel(cfg), (_image(32),), ["pixel_values"], ["last_hidden_state"])
+
+
 MODELS: dict[str, Callable[[], Built]] = {
     "vit": vit, "clip_vision": clip_vision, "clip_text": clip_text, "bert": bert,
-    "mobilevit": mobilevit, "detr": detr, "levit": levit,
+    "mobilevit": mobilevit, "detr": detr, "levit": levit, "swin": swin, "segformer": segformer,
 }
 
 
@@ -198,25 +220,35 @@ def torch_counts(built: Built) -> OpCounts:
     return OpCounts(mode.calls["layernorm"], mode.calls["gelu"], mode.calls["gelu_tanh"])
 
 
+_OPSETS = {"torchscript": 14, "torchscript16": 16, "dynamo": None, "dynamo18": 18}
+
+
 def export(built: Built, exporter: str, path: Path) -> None:
-    """Export with a dynamic batch dimension, as deployments do."""
+    """Export with a dynamic batch dimension, as deployments do. ``exporter`` is one of
+    EXPORTERS, or torchscript16 (opset 16: LayerNorm still decomposed, CastLike available)."""
     names = built.input_names
+    opset = _OPSETS[exporter]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if exporter == "torchscript":
-            torch.onnx.export(built.module, built.args, str(path), dynamo=False, opset_version=14,
-                              input_names=names, output_names=built.output_names,
+        if exporter.startswith("torchscript"):
+            torch.onnx.export(built.module, built.args, str(path), dynamo=False,
+                              opset_version=opset, input_names=names,
+                              output_names=built.output_names,
                               dynamic_axes={n: {0: "batch"} for n in names})
-        elif exporter in ("dynamo", "dynamo18"):
+        else:
             batch = torch.export.Dim("batch", min=1, max=64)
-            opset = 18 if exporter == "dynamo18" else None
             program = torch.onnx.export(built.module, built.args, dynamo=True, opset_version=opset,
                                         input_names=names, output_names=built.output_names,
                                         dynamic_shapes=(tuple({0: batch} for _ in names),))
             assert program is not None
             program.save(str(path))
-        else:
-            raise ValueError(exporter)
+
+
+def half(built: Built) -> Built:
+    """The same model in float16. TorchScript then computes LayerNorm's variance and division in
+    double between two Casts, and stores GELU's constants as float16."""
+    args = tuple(a.half() if a.is_floating_point() else a for a in built.args)
+    return Built(built.module.half(), args, built.input_names, built.output_names)
 
 
 class ExportCache:
@@ -238,16 +270,23 @@ class ExportCache:
             self._counts[name] = torch_counts(self.built(name))
         return self._counts[name]
 
-    def export(self, name: str, exporter: str) -> Path | str:
+    def export(self, name: str, exporter: str, fp16: bool = False) -> Path | str:
         """The exported model's path, or a one-line reason the exporter could not export it."""
-        key = (name, exporter)
+        key = (name, exporter + "-fp16" * fp16)
         if key not in self._paths:
-            path = self.root / f"{name}-{exporter}.onnx"
+            path = self.root / f"{name}-{key[1]}.onnx"
             try:
-                export(self.built(name), exporter, path)
+                # A fresh build (same weights): tracing leaves tensors in Swin's attributes.
+                built = MODELS[name]()
+                export(half(built) if fp16 else built, exporter, path)
                 self._paths[key] = path
             except Exception as e:  # noqa: BLE001  (the reason becomes the skip message)
-                lines = [ln for ln in str(e).splitlines() if ln.strip()]
-                self._paths[key] = f"{exporter} cannot export {name}: {type(e).__name__}: " + (
-                    lines[-1] if lines else "")
+                self._paths[key] = f"{exporter} cannot export {name}: {_reason(e)}"
         return self._paths[key]
+
+
+def _reason(e: Exception) -> str:
+    """One line: torch.export's own summary line when it gives one."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    summary = [ln for ln in lines if ln.startswith("<class ")]
+    return summary[0] if summary else f"{type(e).__name__}: {lines[0] if lines else ''}"

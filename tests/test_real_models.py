@@ -102,6 +102,32 @@ def test_real_model_fuses_every_instance(real_models, name: str, exporter: str, 
     assert all(s.within for s in stats), "\n".join(s.line() for s in stats)
 
 
+# Float16 exports differ by rounding only: the fused op computes the mean in float32 where the
+# TorchScript graph computed it in float16. A structural mistake (gamma, eps, axis) is O(0.1).
+RTOL16, ATOL16 = 1e-2, 1e-2
+
+
+@pytest.mark.parametrize(("exporter", "form"), [("torchscript", "std"), ("torchscript16", "std"),
+                                                ("torchscript16", "plugin")])
+@pytest.mark.parametrize("name", ["vit", "bert"])
+def test_real_model_fp16(real_models, name: str, exporter: str, form: str) -> None:
+    """TorchScript's float16 graphs: LayerNorm between Casts up to double and back, GELU constants
+    stored as float16. (The plugin form needs opset >= 15 for a float16 reference function.)"""
+    path = real_models.export(name, exporter, fp16=True)
+    if isinstance(path, str):
+        pytest.skip(path)
+    want: OpCounts = real_models.counts(name)
+    original = onnx.load(str(path))
+    rewritten = fuse(onnx.load(str(path)), form)
+
+    got = fused_counts(rewritten, form)
+    assert (got.layernorm, got.gelu, got.gelu_tanh) == (want.layernorm, want.gelu,
+                                                        want.gelu_tanh), (got, want)
+    assert decomposed_layernorms(rewritten) == []
+    stats = compare_models(original, rewritten, random_inputs(original), RTOL16, ATOL16)
+    assert all(s.within for s in stats), "\n".join(s.line() for s in stats)
+
+
 # ---- ONNX's node test cases, function-expanded -------------------------------------------------
 
 @functools.cache

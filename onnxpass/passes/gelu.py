@@ -2,7 +2,8 @@
 
 Matches  x * 0.5 * (1 + erf(x / sqrt 2))  (Div by sqrt 2 or Mul by 1/sqrt 2) and the tanh form
 x * 0.5 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))  (Pow 3, x*x*x, or x * (1 + 0.044715 x^2)),
-with the 0.5 on x, on (1 + ...), or on the product; each addition an Add or a two-input Sum.
+with the 0.5 on x, on (1 + ...), or on the product; each addition an Add or a two-input Sum;
+constants as close as their own type allows (float16 exports store sqrt 2 as 1.414).
 CLIP's quick_gelu, x * sigmoid(1.702 x), is a different function and is left alone.
 
 Forms:
@@ -38,10 +39,10 @@ def gelu_pattern(op, x):  # type: ignore[no-untyped-def]
             | op.Mul(op.Mul(x, one_plus), 0.5))
 
 
-def check_gelu(m: Match) -> MatchFailure | None:
+def check_gelu(m: Match, form: str = "std") -> MatchFailure | None:
     if m.dtype("x") not in FLOATS:
         return MatchFailure(f"x has dtype {m.dtype('x')}, not a float type")
-    if m.graph.opset() < 15 and m.dtype("x") != TensorProto.FLOAT:
+    if form == "plugin" and m.graph.opset() < 15 and m.dtype("x") != TensorProto.FLOAT:
         return MatchFailure("a non-float32 GeluPlugin needs opset >= 15")
     return None
 
@@ -58,11 +59,12 @@ class Gelu(PatternPass):
         if self.form == "std":
             return [Rule("gelu", gelu_pattern, check=check_gelu, rewrite=lambda op, m: op.Gelu(
                 m["x"], approximate="tanh" if m.tag("approximate") == "tanh" else "none"))]
+        check = lambda m: check_gelu(m, "plugin")  # noqa: E731
         return [
-            Rule("gelu", gelu_pattern, check=check_gelu, rewrite=lambda op, m: op.plugin(
+            Rule("gelu", gelu_pattern, check=check, rewrite=lambda op, m: op.plugin(
                 "GeluPlugin", m["x"], approximate=int(m.tag("approximate") == "tanh"))),
             Rule("gelu-native", lambda op, x: op.Gelu(x, approximate=Var("approximate")),
-                 check=check_gelu, rewrite=lambda op, m: op.plugin(
+                 check=check, rewrite=lambda op, m: op.plugin(
                      "GeluPlugin", m["x"], approximate=int(_is_tanh(m.attr("approximate"))))),
         ]
 

@@ -8,7 +8,10 @@ non-trailing axis, the NCHW form with a Cx1x1 gamma), in the forms exporters wri
 - the division as Div, or Mul by Reciprocal(Sqrt(...)); Sqrt or Pow(0.5);
 - gamma and beta each present or absent; Flax's (x - mean) * (Reciprocal(std) * gamma);
 - axes as attribute (opset < 18) or input (opset >= 18). Casts around the whole computation stay
-  where they are: the fused op then sees the same float32 input the original did.
+  where they are: the fused op then sees the same float32 input the original did;
+- TorchScript's float16 form: x - mean cast up (to float or double) for the variance and the
+  division, the result cast back to x's type before gamma and beta; the fused op computes in
+  float32 (stash_type 1), so it differs from the original only by the original's rounding.
 
 Forms:
 - ``std`` (default): ONNX LayerNormalization (opset 17; the model's opset is raised when needed).
@@ -17,8 +20,9 @@ Forms:
   existing LayerNormalization nodes are converted too.
 
 Never fires when eps is not a constant scalar, the two reductions differ in axes, a reduction
-drops dims (keepdims=0), gamma or beta vary along dims that are not normalized, or an
-intermediate value is used outside the match.
+drops dims (keepdims=0), gamma or beta vary along dims that are not normalized, a Cast inside
+lowers precision or does not return to x's type, or an intermediate value is used outside the
+match.
 """
 
 from __future__ import annotations
@@ -37,30 +41,47 @@ def layernorm_pattern(op, x):  # type: ignore[no-untyped-def]
     def square(v):  # type: ignore[no-untyped-def]
         return op.Pow(v, 2.0) | op.Mul(v, v)
 
+    def stash(v):  # type: ignore[no-untyped-def]
+        return op.Cast(v, to=Var("stash")).optional()
+
     mu = mean(x)
-    centered = op.Sub(x, mu)                     # the numerator
-    var_centered = mean(square(op.Sub(x, mu)))   # a second Sub, or the same one
+    centered = stash(op.Sub(x, mu))                     # the numerator
+    var_centered = mean(square(stash(op.Sub(x, mu))))   # a second Sub, or the same one
     moments = op.Sub(mean(square(x)), square(mu))
     var = Alt(centered=var_centered, moments=moments, clamped=op.Max(moments, 0.0), tag="variance")
     var_eps = op.Add(var, Const("eps"))
     std = op.Sqrt(var_eps) | op.Pow(var_eps, 0.5)
     normed = op.Div(centered, std) | op.Mul(centered, op.Reciprocal(std))
+    normed = op.Cast(normed, to=Var("back")).optional()
     scaled = op.Mul(normed, Var("gamma")) | op.Mul(centered, op.Mul(op.Reciprocal(std),
                                                                       Var("gamma")))
     return Alt(op.Add(scaled, Var("beta")), scaled, op.Add(normed, Var("beta")), normed)
 
 
-def check_layernorm(m: Match) -> MatchFailure | None:
-    if m.dtype("x") not in FLOATS:
-        return MatchFailure(f"x has dtype {m.dtype('x')}, not a float type")
+_AT_LEAST = {TensorProto.FLOAT16: {TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE},
+             TensorProto.BFLOAT16: {TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE},
+             TensorProto.FLOAT: {TensorProto.FLOAT, TensorProto.DOUBLE},
+             TensorProto.DOUBLE: {TensorProto.DOUBLE}}
+
+
+def check_layernorm(m: Match, form: str = "std") -> MatchFailure | None:
+    dtype = m.dtype("x")
+    if dtype not in FLOATS:
+        return MatchFailure(f"x has dtype {dtype}, not a float type")
+    # TorchScript's half-precision form: Cast(x - mean) up to the stash type, Cast(normed) back.
+    stash = m.attr("stash") if "stash" in m else dtype
+    if stash not in _AT_LEAST[dtype]:
+        return MatchFailure(f"x - mean is cast from {dtype} down to {stash}")
+    if ("back" in m and m.attr("back") != dtype) or ("back" not in m and stash != dtype):
+        return MatchFailure(f"the normalized value is not cast back to x's dtype {dtype}")
     eps = m.const("eps")
     if eps.size != 1:
         return MatchFailure(f"eps has {eps.size} elements, expected a scalar")
     params = normalized_params(m, m.attr("axes"), ("gamma", "beta"))
     if isinstance(params, MatchFailure):
         return params
-    if m.graph.opset() < 15 and m.dtype("x") != TensorProto.FLOAT:
-        return MatchFailure("a non-float32 LayerNorm needs opset >= 15")
+    if form == "plugin" and m.graph.opset() < 15 and dtype != TensorProto.FLOAT:
+        return MatchFailure("a non-float32 LayerNormPlugin needs opset >= 15")
     m.facts["params"] = params
     return None
 
@@ -86,7 +107,7 @@ class LayerNorm(PatternPass):
 
     def rules(self) -> list[Rule]:
         form = self.form or "std"
-        fuse = Rule("layernorm", layernorm_pattern, check=check_layernorm,
+        fuse = Rule("layernorm", layernorm_pattern, check=lambda m: check_layernorm(m, form),
                     rewrite=lambda op, m: emit(op, m, m.facts["params"], form,
                                                float(m.const("eps").reshape(-1)[0])))
         if form == "std":
