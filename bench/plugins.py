@@ -194,7 +194,7 @@ def gpu(out_dir: Path, ptx_from: Path | None, sweep: bool) -> None:
                     r[kind + "_ms"] = bench(lambda: kern(grid, args, ins, [ya]))
                     r[kind + "_launch"] = {"grid": grid, "block": list(a.block),
                                            "shared_mem": a.shared_mem, "args": args,
-                                           "ptx_version": a.ptx.split(".version ")[1][:4]}
+                                           "ptx_version": a.ptx.split(".version ")[1].split()[0]}
                 for key in ("jit", "torch", "aot", "aot_dynamic"):
                     r[key + "_GBps"] = nbytes / (r[key + "_ms"] * 1e-3) / 1e9
             except Exception as exc:  # report and go on: one GPU session is all there is
@@ -223,7 +223,7 @@ def launch_manifest(path: Path) -> list[dict[str, Any]]:
     out = []
     for m in json.loads((path / "manifest.json").read_text()):
         r = {"manifest": True, **{k: m[k] for k in ("plugin", "label", "dtype", "dynamic")},
-             "ptx_version": m["ptx"].split(".version ")[1][:4]}
+             "ptx_version": m["ptx"].split(".version ")[1].split()[0]}
         try:
             x = next(c[2] for c in CASES if c[0] == m["plugin"] and c[1] == m["label"])
             attrs = next(c[3] for c in CASES if c[0] == m["plugin"] and c[1] == m["label"])

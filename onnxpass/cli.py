@@ -265,8 +265,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{r['id']} v{r['version']}  ({', '.join(r['inputs'])}) -> ({', '.join(r['outputs'])})"
-              f"  T: {', '.join(r['dtypes'])}")
+        ins, outs = ", ".join(r["inputs"]), ", ".join(r["outputs"])
+        print(f"{r['id']} v{r['version']}  ({ins}) -> ({outs})  T: {', '.join(r['dtypes'])}")
         for a in r["attributes"]:
             print(f"    {a['name']}: {a['kind']} = {a['default']!r}  {a['doc']}".rstrip())
         print("    implementations: " + ", ".join(

@@ -86,7 +86,8 @@ def test_ptx_isa_is_lowered_to_what_the_driver_loads() -> None:
             "b._driver_ptx_version = lambda: 84\n"
             "t = GPUTarget('cuda', 90, 32)\n"
             "for v in (None, 80):\n"
-            "    a = b.aot_kernel('GeluPlugin', [[4, 8]], ['float16'], {}, target=t, ptx_version=v)\n"
+            "    a = b.aot_kernel('GeluPlugin', [[4, 8]], ['float16'], {}, target=t,\n"
+            "                     ptx_version=v)\n"
             "    print(a.ptx.split('.version ')[1][:3])\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,

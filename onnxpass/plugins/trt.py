@@ -55,8 +55,9 @@ def type_combination(spec: PluginSpec, kernel: KernelSpec) -> str:
 def register(plugins: Sequence[str] | None = None, jit: bool = True, aot: bool = True,
              ptx_version: int | None = None) -> list[str]:
     """Register the plugins named (default: all with a Triton kernel); returns their ids.
-    ``ptx_version`` (e.g. 84 for PTX ISA 8.4) lowers the PTX the AOT kernels are written in
-    when the driver is older than Triton's ptxas."""
+    ``ptx_version`` (e.g. 84 for PTX ISA 8.4) fixes the PTX ISA of the AOT kernels; by default
+    it is Triton's, lowered to what the building machine's driver loads. An engine's PTX is
+    compiled by the driver where the engine runs: set it for an older driver there."""
     import tensorrt.plugin as trtp
 
     if aot and not hasattr(trtp, "aot_impl"):

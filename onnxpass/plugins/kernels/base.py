@@ -225,6 +225,9 @@ def launch(plan: Launch, inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
     if 0 in grid:
         return
     interpret = inputs[0].device.type == "cpu" or os.environ.get("TRITON_INTERPRET") == "1"
+    if interpret and type(tl.sum).__name__ != "InterpretedFunction":
+        raise RuntimeError("running kernels on the CPU needs TRITON_INTERPRET=1 set before "
+                           "Triton is first imported (it decides then, for its own library too)")
     fn = plan.kernel.interpreted if interpret else plan.kernel.compiled
     fn[grid](*inputs, *(int(a) for a in plan.args), *outputs, num_warps=plan.num_warps,
              **plan.constexprs)
@@ -312,9 +315,9 @@ def aot_kernel(plugin: str, shapes: Sequence[Sequence[Dim]], dtypes: Sequence[st
     if getattr(md, "num_ctas", 1) != 1:
         raise ValueError(f"{md.name}: clusters of CTAs cannot be launched by TensorRT")
     ptx = _drop_hidden_params(compiled.asm["ptx"], md.name, len(runtime))
-    grid = tuple(plan.grid) + (1,) * (3 - len(plan.grid))
-    return AotKernel(md.name, ptx, grid, (md.num_warps * 32, 1, 1), md.shared,  # type: ignore[arg-type]
-                     tuple(plan.args), len(runtime))
+    grid: Any = tuple(plan.grid) + (1,) * (3 - len(plan.grid))
+    return AotKernel(md.name, ptx, grid, (md.num_warps * 32, 1, 1), md.shared, tuple(plan.args),
+                     len(runtime))
 
 
 def _this_gpu() -> Any:
