@@ -197,7 +197,8 @@ def padding_mask() -> torch.Tensor:
 def build(seed: int = 0) -> tuple[AnchorDETR, tuple[torch.Tensor, torch.Tensor]]:
     torch.manual_seed(seed)
     model = AnchorDETR().eval()
-    features = torch.randn(BATCH, CHANNELS, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(BATCH, CHANNELS, HEIGHT, WIDTH, generator=g)
     return model, (features, padding_mask())
 
 
@@ -226,8 +227,8 @@ class _CountMasking(TorchFunctionMode):
         super().__init__()
         self.calls: Counter[str] = Counter()
         self.masks: dict[int, torch.Tensor] = {}     # id -> tensor (kept alive: ids stay unique)
-        self.expanded: dict[int, torch.Tensor] = {}  # masks expanded on their way
-        self.masked: dict[int, torch.Tensor] = {}    # masked scores -> whether expanded
+        self.masked: dict[int, torch.Tensor] = {}    # scores masked by one
+        self.expanded: dict[int, torch.Tensor] = {}  # masks and scores an expand went into
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -249,16 +250,17 @@ class _CountMasking(TorchFunctionMode):
             self.calls["mask2pos"] += 1
         if not isinstance(out, torch.Tensor):
             return out
-        if out.dtype == torch.bool or (name in _MASK_OPS and tensors and all(
-                id(t) in self.masks for t in tensors)):
+        from_masks = [t for t in tensors if id(t) in self.masks]
+        if out.dtype == torch.bool or (name in _MASK_OPS and tensors
+                                       and len(from_masks) == len(tensors)):
             self.masks[id(out)] = out
-            if name == "expand" or any(id(t) in self.expanded for t in tensors):
-                self.expanded[id(out)] = out
-        elif name == "masked_fill" or (name in ("add", "__add__") and len(tensors) == 2 and any(
-                id(t) in self.masks for t in tensors)) or (name in _VIEWS and id(first) in self.masked):
+        elif name == "masked_fill" or (name in ("add", "__add__") and from_masks) or (
+                name in _VIEWS and id(first) in self.masked):
             self.masked[id(out)] = out
-            if any(id(t) in self.expanded for t in tensors):
-                self.expanded[id(out)] = out
+        else:
+            return out
+        if name == "expand" or any(id(t) in self.expanded for t in tensors):
+            self.expanded[id(out)] = out
         return out
 
 

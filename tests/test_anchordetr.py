@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 import onnxpass
@@ -40,10 +41,12 @@ class AnchorDETRExports:
         return self._paths[exporter]
 
     def feeds(self) -> list[dict[str, np.ndarray]]:
-        """The padded batch the model was built with, and random features with a random mask
-        (rows and columns fully padded included: NaN rows must stay where they were)."""
+        """The padded batch the model was built with; random features with a random mask; and
+        an all-padding image, whose -inf rows are NaN and must stay NaN, no more, no less."""
         real = {"features": self.args[0].numpy(), "pad": self.args[1].numpy()}
-        return [real, random_inputs(onnx.load(str(self.export("torchscript"))), seed=3)]
+        empty = {"features": real["features"], "pad": real["pad"].copy()}
+        empty["pad"][1] = True
+        return [real, random_inputs(onnx.load(str(self.export("torchscript"))), seed=3), empty]
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +110,8 @@ def test_anchordetr_std_drops_full_size_masks(anchordetr: AnchorDETRExports,
 # exports keep, so its masked softmaxes have no torch count to check against.)
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", ["bert", "clip_text", "detr"])
-def test_transformers_models(real_models, name: str, exporter: str) -> None:  # type: ignore[no-untyped-def]
+def test_transformers_models(real_models, name: str,  # type: ignore[no-untyped-def]
+                             exporter: str) -> None:
     path = real_models.export(name, exporter)
     if isinstance(path, str):
         pytest.skip(path)
@@ -122,3 +126,41 @@ def test_transformers_models(real_models, name: str, exporter: str) -> None:  # 
         assert want.masked_softmax == 2
         assert_plugins(rewritten, want)
     assert_same_outputs(original, rewritten, [random_inputs(original)])
+
+
+# ---- what goldens cannot express: integer masks beyond 0/1, float16 scores ------------------
+
+SCALED = """<ir_version: 8, opset_import: ["" : {opset}]>
+g ({t}[2,2,3,6] x, int64[2,1,1,6] mask, int64[2,4,6] count) => ({t}[2,2,3,6] y, float[2,4,6] pos)
+  <float one = {{1.0}}, float fill = {{-1000.0}}, int64 a1 = {{1}}, int64[1] start = {{-1}},
+   int64[1] end = {{9223372036854775807}}, int64[1] ax1 = {{1}}, float eps = {{0.5}}> {{
+  mf = Cast <to = {to}> (mask)
+  inv = Sub (one, mf)
+  bias = Mul (inv, fill)
+  z = Add (x, bias)
+  y = Softmax <axis = -1> (z)
+  f = Cast <to = 1> (count)
+  c = CumSum (f, a1)
+  last = Slice (c, start, end, ax1)
+  d = Add (last, eps)
+  pos = Div (c, d)
+}}"""
+
+
+@pytest.mark.parametrize("dtype,opset", [("float", 14), ("float16", 17)])
+def test_plugins_keep_the_formula_for_any_integer_mask(dtype: str, opset: int) -> None:
+    """(1 - m) * fill and cumsum(m) use the mask's values as numbers: a mask holding 2 or -1
+    gives what the original gives (the plugin is not a boolean mask)."""
+    to = onnx.TensorProto.FLOAT if dtype == "float" else onnx.TensorProto.FLOAT16
+    model = onnx.parser.parse_model(SCALED.format(t=dtype, opset=opset, to=to))
+    for t in model.graph.initializer:  # the text syntax has no float16 literals
+        if t.name in ("one", "fill") and dtype == "float16":
+            t.CopyFrom(onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(t).astype(np.float16), t.name))
+    rewritten, matches = rewrite(model, "masked_softmax,mask2pos")
+    assert matches == {"masked_softmax": 1, "mask2pos": 1}, matches
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 2, 3, 6)).astype(np.float32 if dtype == "float"
+                                                             else np.float16),
+             "mask": rng.integers(-1, 3, (2, 1, 1, 6)), "count": rng.integers(0, 3, (2, 4, 6))}
+    assert_same_outputs(model, rewritten, [feeds])

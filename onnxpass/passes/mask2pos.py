@@ -25,7 +25,7 @@ from __future__ import annotations
 from onnx import TensorProto
 
 from onnxpass.passes.base import PatternPass, register
-from onnxpass.passes.masked_softmax import MASK_TYPES
+from onnxpass.passes.masked_softmax import dtype_name
 from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule
 from onnxpass.plugins.mask2pos import MASK2POS
 
@@ -42,13 +42,14 @@ def mask2pos_pattern(op, mask):  # type: ignore[no-untyped-def]
 def check_mask2pos(m: Match) -> MatchFailure | None:
     if m.graph.opset() < MASK2POS.min_opset:
         return MatchFailure(f"opset {m.graph.opset()} < {MASK2POS.min_opset}")
-    if m.dtype("mask") not in MASK_TYPES:
-        return MatchFailure(f"mask has dtype {m.dtype('mask')}: not a bool or integer mask")
+    if dtype_name(m.dtype("mask")) not in MASK2POS.allowed_dtypes("mask"):
+        return MatchFailure(f"mask has dtype {dtype_name(m.dtype('mask'))}: not a bool or integer "
+                            f"mask (one of {', '.join(MASK2POS.allowed_dtypes('mask'))})")
     for name in ("offset", "eps", "scale"):
         if name in m and m.const(name).size != 1:
             return MatchFailure(f"{name} has {m.const(name).size} elements, expected a scalar")
     shape = m.shape("mask")
-    if shape is None or m.const("axis").size != 1:
+    if not shape or m.const("axis").size != 1:
         return MatchFailure("the mask's rank is unknown or the cumsum axis is not a scalar")
     rank, axis = len(shape), int(m.const("axis").reshape(-1)[0])
     axis = axis + rank if axis < 0 else axis

@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.normalize import FLOATS
@@ -47,8 +47,10 @@ from onnxpass.plugins.masked_softmax import MASKED_SOFTMAX
 
 FORMS = {"scaled": (0, 0), "scaled_pad": (0, 1), "select": (1, 0), "select_pad": (1, 1),
          "add": (2, 0), "add_pad": (2, 1)}  # tag -> (plugin mode, invert)
-MASK_TYPES = frozenset({TensorProto.BOOL, TensorProto.INT8, TensorProto.UINT8, TensorProto.INT16,
-                        TensorProto.INT32, TensorProto.INT64})
+
+
+def dtype_name(elem: int | None) -> str:
+    return "unknown" if not elem else str(helper.tensor_dtype_to_np_dtype(elem))
 
 
 def compact(op, mask):  # type: ignore[no-untyped-def]
@@ -78,8 +80,9 @@ def check_masked_softmax(m: Match) -> MatchFailure | None:
         return MatchFailure(f"scores have dtype {dtype}, not a float type")
     if opset < MASKED_SOFTMAX.min_opset or (opset < 15 and dtype != TensorProto.FLOAT):
         return MatchFailure(f"opset {opset} is too old for MaskedSoftmaxPlugin on dtype {dtype}")
-    if m.dtype("mask") not in MASK_TYPES:
-        return MatchFailure(f"mask has dtype {m.dtype('mask')}: not a bool or integer mask")
+    if dtype_name(m.dtype("mask")) not in MASKED_SOFTMAX.allowed_dtypes("mask"):
+        return MatchFailure(f"mask has dtype {dtype_name(m.dtype('mask'))}: not a bool or integer "
+                            f"mask (one of {', '.join(MASKED_SOFTMAX.allowed_dtypes('mask'))})")
     for name, exact in (("one", 1.0), ("zero", 0.0)):
         if name in m and not np.array_equal(m.const(name).reshape(-1), [exact]):
             return MatchFailure(f"{name} is {m.const(name).reshape(-1)[:4]}, not exactly {exact}")

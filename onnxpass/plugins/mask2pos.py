@@ -11,6 +11,7 @@ or 0, scale 2*pi or 1). The output is float32 with the mask's shape.
 from __future__ import annotations
 
 from onnxpass.plugins.base import PluginAttr, PluginSpec, register_plugin
+from onnxpass.plugins.masked_softmax import MASK_DTYPES
 
 
 def _body(opset: int) -> str:
@@ -52,5 +53,6 @@ MASK2POS = register_plugin(PluginSpec(
     body=_body,
     doc=__doc__ or "",
     dtypes=("float32",),
-    min_opset=11,
+    io_dtypes={"mask": MASK_DTYPES},
+    min_opset=12,  # Constant value_float / value_int
 ))

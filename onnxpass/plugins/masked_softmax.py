@@ -15,7 +15,11 @@ the formula of its mode, not a cheaper equivalent.
 
 from __future__ import annotations
 
+from typing import Any
+
 from onnxpass.plugins.base import PluginAttr, PluginSpec, register_plugin
+
+MASK_DTYPES = ("bool", "int8", "int32", "int64")
 
 
 def _cast_like(value: str, out: str, opset: int) -> str:
@@ -59,6 +63,14 @@ def _body(opset: int) -> str:
     ])
 
 
+def _shapes(inputs: list[list[Any]], attrs: dict[str, Any]) -> list[list[Any]]:
+    """Broadcast shape of x and mask: x's dims, except where x has a static 1."""
+    x, mask = inputs
+    rank = max(len(x), len(mask))
+    x, mask = [1] * (rank - len(x)) + list(x), [1] * (rank - len(mask)) + list(mask)
+    return [[m if isinstance(d, int) and d == 1 else d for d, m in zip(x, mask)]]
+
+
 MASKED_SOFTMAX = register_plugin(PluginSpec(
     name="MaskedSoftmaxPlugin",
     inputs=("x", "mask"),
@@ -71,5 +83,7 @@ MASKED_SOFTMAX = register_plugin(PluginSpec(
     ),
     body=_body,
     doc=__doc__ or "",
-    min_opset=11,
+    min_opset=12,  # Constant value_float / value_int
+    io_dtypes={"mask": MASK_DTYPES},
+    shapes=_shapes,
 ))
