@@ -145,9 +145,10 @@ def detr() -> Built:
     backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
                             layer_type="basic", out_features=["stage4"])
     cfg = DetrConfig(backbone_config=backbone, use_timm_backbone=False,
-                     use_pretrained_backbone=False, d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64,
-                     decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
-                     num_queries=5, num_labels=4)
+                     use_pretrained_backbone=False, d_model=32, encoder_layers=1,
+                     decoder_layers=1, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                     encoder_attention_heads=2, decoder_attention_heads=2, num_queries=5,
+                     num_labels=4)
     return _wrap(DetrForObjectDetection(cfg), (_image(64),), ["pixel_values"],
                  ["logits", "pred_boxes"])
 

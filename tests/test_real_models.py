@@ -17,7 +17,7 @@ import pytest
 
 import onnxpass
 from onnxpass.plugins.base import DOMAIN
-from onnxpass.verify import ErrorStats, compare_models, error_stats, random_inputs, run
+from onnxpass.verify import compare_models, error_stats, random_inputs, run
 from tests.models import EXPORTERS, MODELS, OpCounts
 
 FORMS = ("std", "plugin")
@@ -72,10 +72,6 @@ def fuse(model: onnx.ModelProto, form: str, passes: str | None = None) -> onnx.M
     rewritten, _ = onnxpass.rewrite(model, spec)
     onnx.checker.check_model(rewritten, full_check=True)
     return rewritten
-
-
-def worst(stats: list[ErrorStats]) -> float:
-    return max((s.rel_max for s in stats), default=0.0)
 
 
 @pytest.mark.parametrize("form", FORMS)
