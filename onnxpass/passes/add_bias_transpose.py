@@ -1,11 +1,11 @@
 """add_bias_transpose: the bias add and head split of attention's Q, K and V projections.
 
 Matches  y = Transpose(Reshape(x + bias, (B, S, H, d)), perm)  with x of shape (B, S, N), bias a
-row vector of N = H * d elements (either side of the Add), and perm (0, 2, 1, 3) (Q, V; K in
-dynamo exports) or (0, 2, 3, 1) (K already transposed, as TorchScript exports merge two
-transposes). The Reshape must provably keep B and S in place: a constant target whose 0s copy
-them or whose -1 resolves to them, or an inferred output shape naming x's own dims (the
-Shape/Gather/Concat targets TorchScript writes).
+constant row vector of N = H * d elements on either side of the Add (in std form, any row
+vector), and perm (0, 2, 1, 3) (Q, V; K in dynamo exports) or (0, 2, 3, 1) (K already
+transposed, as TorchScript exports merge two transposes). The Reshape must provably keep B and
+S in place: a constant target whose 0s copy them or whose -1 resolves to them, or an inferred
+output shape naming x's own dims (the Shape/Gather/Concat targets TorchScript writes).
 
 Forms:
 - ``std`` (default): where x + bias is MatMul(a, W) + bias with a 2-D W, the bias moves into a
@@ -27,7 +27,7 @@ from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.dims import reshape_dims, reshape_to, same
 from onnxpass.passes.matmul2d import check_bias, gemm_2d
 from onnxpass.passes.normalize import FLOATS
-from onnxpass.patterns import Attr, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.patterns import Attr, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
 
 PERMS = ([0, 2, 1, 3], [0, 2, 3, 1])
 
@@ -42,8 +42,8 @@ def head_split(op, biased):  # type: ignore[no-untyped-def]
     return op.Transpose(split, perm=Attr(_head_perm, "perm"))
 
 
-def plugin_pattern(op, x, bias):  # type: ignore[no-untyped-def]
-    return head_split(op, op.Add(x, bias))
+def plugin_pattern(op, x):  # type: ignore[no-untyped-def]
+    return head_split(op, op.Add(x, Const("bias")))
 
 
 def std_pattern(op, x, w, bias):  # type: ignore[no-untyped-def]
@@ -73,14 +73,13 @@ def check(m: Match) -> MatchFailure | None:
 
 
 def _check_row_vector(m: Match, n: int) -> MatchFailure | None:
-    """The plugin's bias: shape (N,), or a constant with leading 1s (reshaped for it)."""
+    """The plugin's bias: N elements along the last dim, after leading 1s."""
     bs = m.shape("bias")
     if bs is None or m.dtype("bias") != m.dtype("x"):
         return MatchFailure("bias has unknown shape or another dtype")
-    if tuple(bs) == (n,) or (m.is_const("bias") and 1 < len(bs) <= 3 and bs[-1] == n
-                             and all(d == 1 for d in bs[:-1])):
-        return None
-    return MatchFailure(f"bias of shape {bs} is not a row vector of x's {n} features")
+    if not bs or bs[-1] != n or len(bs) > 3 or any(d != 1 for d in bs[:-1]):
+        return MatchFailure(f"bias of shape {bs} is not a row vector of x's {n} features")
+    return None
 
 
 def _check_split(m: Match, n: int) -> MatchFailure | None:

@@ -26,23 +26,25 @@ def same_shape(a: Sequence[Dim] | None, b: Sequence[Dim] | None) -> bool:
     return a is not None and b is not None and len(a) == len(b) and all(map(same, a, b))
 
 
-def reshape_dims(graph: Graph, x: str, target: str, out: str, allowzero: int = 0
-                 ) -> list[Dim] | None:
-    """The dims of ``out = Reshape(x, target)``: a constant target resolved against x's shape
-    (0 copies x's dim unless ``allowzero``; -1 is what is left, symbols included), any dim still
-    unknown taken from the inferred shape of ``out``. None when even the rank is unknown."""
+def reshape_dims(graph: Graph, x: str, target: str, out: str, allowzero: int = 0,
+                 in_dims: Sequence[Dim] | None = None) -> list[Dim] | None:
+    """The dims of ``out = Reshape(x, target)``: a constant target resolved against x's dims
+    (``in_dims`` if known better than x's inferred shape; 0 copies a dim unless ``allowzero``,
+    -1 is what is left, symbols included), any dim still unknown taken from the inferred shape
+    of ``out``. None when even the rank is unknown."""
     inferred = graph.shape(out)
     t = graph.const_value(target)
     if t is None:
         return None if inferred is None else list(inferred)
-    xs = graph.shape(x) or ()
+    known = in_dims if in_dims is not None else graph.shape(x)
+    xs = known or ()
     dims: list[Dim] = []
     for i, v in enumerate(int(v) for v in t.reshape(-1)):
         if v == 0 and not allowzero:
             dims.append(xs[i] if i < len(xs) else None)
         else:
             dims.append(None if v == -1 else v)
-    if dims.count(None) == 1 and -1 in t and graph.shape(x) is not None:
+    if dims.count(None) == 1 and -1 in t and known is not None:
         dims[dims.index(None)] = _quotient(xs, [d for d in dims if d is not None])
     if inferred is not None and len(inferred) == len(dims):
         dims = [d if d is not None else i for d, i in zip(dims, inferred)]

@@ -177,7 +177,7 @@ class Matcher:
             return
         bound = b.nodes.get(id(pn))
         if bound is not None:
-            if bound is node and node.outputs[p.index] == value:
+            if bound is node and node.outputs[p.index:p.index + 1] == [value]:
                 yield b
             else:
                 self.t.fail(b, f"{pn.op_type} must be one node", node)
