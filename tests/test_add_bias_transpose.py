@@ -12,7 +12,9 @@ from onnxpass.passes.add_bias_transpose import AddBiasTranspose
 from onnxpass.patterns import explain
 from onnxpass.plugins import get_plugin
 from tests.models import MODELS
-from tests.models_projections import projection_counts, rewrite_checked
+from tests.models_projections import (
+    merged_attention, merged_attention_export, projection_counts, rewrite_checked,
+)
 
 EXPORTERS = ("torchscript", "dynamo")
 # Head splits whose (B, S) cannot be proven kept. DETR adds a position embedding to the encoder's
@@ -56,3 +58,18 @@ def test_plugin_output_shapes() -> None:
         == [["B", 4, "S", 8]]
     assert spec.output_shapes([["B", "S", 32], [32]], {"num_heads": 4, "perm": [0, 2, 3, 1]}) \
         == [["B", 4, 8, "S"]]
+
+
+@pytest.mark.parametrize("exporter, form", [("torchscript", "plugin"), ("dynamo", "std")])
+def test_anchordetr_style_in_pipeline_order(tmp_path_factory, exporter: str, form: str) -> None:
+    """Q and K project x + a repeated position embedding, with weights and biases chunked from
+    merged parameters. Alone, the pass proves little: in TorchScript's graph inference knows
+    nothing of (B, S) of x + pos (fold resolves it), in dynamo's the chunks are Splits, not
+    constants (const_slice folds them). In the recommended order every head split and every
+    linear is fused."""
+    want = projection_counts(merged_attention())
+    path = merged_attention_export(exporter, tmp_path_factory.getbasetemp())
+    _, _, rewrites = rewrite_checked(
+        path, f"fold,tile,const_slice,add_bias_transpose={form},matmul2d")
+    assert rewrites["add_bias_transpose"] == want.head_splits == 3
+    assert rewrites["matmul2d"] == want.linear_nd - (3 if form == "std" else 0)
