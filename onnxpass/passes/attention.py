@@ -13,7 +13,8 @@ in the forms exporters write:
   the product of them all;
 - additive terms on the scaled scores (a mask from (1 - m) * -10000, finfo.min or -inf, a
   relative-position bias, or both), and masking as Where(cond, scores, fill) or its inverse;
-- Softmax over the last axis (-1 or 3), optionally between Casts (softmax in another precision);
+- Softmax over the last axis (-1 or 3), between Casts or not (softmax in another precision, or
+  no-op Casts, up to two on each side);
 - dynamo's guard Where(IsNaN(p), 0, p) after the Softmax.
 The fused node spans Q, K, V (after the head split) through MatMul(p, V): projections, packed
 QKV (Slice, Split, Gather/Squeeze), head split and head merge stay ordinary nodes.
@@ -29,15 +30,20 @@ Forms:
   with the whole scale in Q': folded into Q's projection weights when it is a power of two (exact)
   and the projection feeds only this attention, else one Mul on Q. A NaN guard moves after the
   output MatMul, where it zeroes the same rows without splitting the chain.
+In plugin and trt form an exporter's own 4-D Attention (dynamo at opset 23) is converted too.
 
 Edges: a fully masked row (all scores -inf) gives zeros in every form, as the guard and ONNX
 Attention do; where the original has no guard, that row was NaN. All other outputs are unchanged.
+ONNX Runtime 1.31's Attention zeroes a row whose scores are all float32's lowest value (the spec
+and the original give a uniform row), so std raises that value in attn_mask to the next float,
+which gives the same scores for any |s| < 2^103. Batch and head dims that shape inference leaves
+unknown are taken to be equal (exporters' head splits make them so).
 
 Refused, with the reason shown by ``onnxpass match --explain``: Q/K/V of unknown rank or not 3-D
 or 4-D; a scale that is not a constant scalar; Softmax over another axis; Casts that change the
 output dtype; a Where fill other than -inf or float32's lowest value (an additive mask cannot
-reproduce a finite fill on a fully masked row); batch or head dims that MatMul broadcasts and
-Attention does not; a mask or condition that broadcasts the scores to a bigger shape.
+reproduce a finite fill on a fully masked row); and in std and plugin form batch or head dims
+that MatMul broadcasts and Attention does not, a mask that broadcasts the scores to a bigger shape.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ def make_pattern(fold_q: bool):  # type: ignore[no-untyped-def]
         def scaled(x, name):  # type: ignore[no-untyped-def]
             return Alt(mul=op.Mul(x, Const(name)), div=op.Div(x, Const(name)), none=x, tag=name)
 
+        def casts(x, name):  # type: ignore[no-untyped-def]  # up to two, to the same type
+            return op.Cast(op.Cast(x, to=Var(name)).optional(), to=Var(name)).optional()
+
         if fold_q:
             linear = op.MatMul(Var("x_q"), Const("w_q"))
             heads = op.Reshape(op.Add(linear, Const("b_q")) | linear, Var("q_heads"),
@@ -84,8 +93,7 @@ def make_pattern(fold_q: bool):  # type: ignore[no-untyped-def]
                     tag="where")
         masked = Alt(op.Add(op.Add(where, Var("bias")), Var("mask")), op.Add(where, Var("mask")),
                      where)
-        softmax = op.Softmax(op.Cast(masked, to=Var("cast_in")).optional(), axis=Var("axis"))
-        p = op.Cast(softmax, to=Var("cast_out")).optional()
+        p = casts(op.Softmax(casts(masked, "cast_in"), axis=Var("axis")), "cast_out")
         return op.MatMul(Alt(guard=op.Where(op.IsNaN(p), 0.0, p), none=p, tag="guard"), v)
 
     return attention_pattern
@@ -110,7 +118,7 @@ def check_attention(m: Match, form: str) -> MatchFailure | None:
     if m.dtype(q) not in FLOATS or m.dtype("v") != m.dtype(q):
         return MatchFailure(f"Q/V dtypes {m.dtype(q)}/{m.dtype('v')} are not one float type")
     r = m.rank("v")
-    if r not in (3, 4) or m.rank("k") != r or (m.get("q") and m.rank("q") != r):
+    if r not in (3, 4) or m.rank("k") != r or (m.rank("q") if m.get("q") else 4) != r:
         return MatchFailure(f"Q/K/V ranks {m.get('q') and m.rank('q')}/{m.rank('k')}/{r}: "
                             f"expected all 3 or all 4")
     if m.attr("axis") not in (-1, r - 1):
@@ -127,7 +135,7 @@ def check_attention(m: Match, form: str) -> MatchFailure | None:
     if out != dt or sdt not in FLOATS:
         return MatchFailure(f"Softmax runs in type {sdt} and returns {out}; Q is {dt}")
     core = Core(r, scale, dt, sdt, k_perm, kt_perm, expand_mask=False)
-    for check in (_check_shapes, _check_trt if form == "trt" else _check_fused):
+    for check in (_check_trt,) if form == "trt" else (_check_shapes, _check_fused):
         failure = check(m, core, form)
         if failure is not None:  # (a MatchFailure is falsy)
             return failure
@@ -284,17 +292,18 @@ def emit_trt(op: RewriteBuilder, m: Match) -> str:
     for name in TERMS:
         if m.get(name):
             s = op.Add(s, m[name])
-    if c.softmax_dtype != c.dtype:
-        s = op.Cast(s, to=c.softmax_dtype)
-    p = op.Softmax(s, axis=-1)
-    if c.softmax_dtype != c.dtype:
-        p = op.Cast(p, to=c.dtype)
-    y = op.MatMul(p, m["v"])
     masked = [n for n in (*TERMS, "cond") if m.get(n)]
-    if m.tag("guard") == "guard" and not all(n != "cond" and m.is_const(n) and
-                                             np.isfinite(m.const(n)).all() for n in masked):
-        y = op.Where(op.IsNaN(y), op.const(_np(c.dtype, 0.0)), y)
-    return y
+    guard = m.tag("guard") == "guard" and not all(
+        n != "cond" and m.is_const(n) and np.isfinite(m.const(n)).all() for n in masked)
+    return _softmax_matmul(op, s, m["v"], c.dtype, c.softmax_dtype, guard)
+
+
+def _softmax_matmul(op: RewriteBuilder, s: str, v: str, dt: int, sdt: int, guard: bool) -> str:
+    """Softmax(s) in type sdt, times V; with ``guard``, rows that came out NaN become zeros
+    (a fully masked row: its probabilities are all NaN, so its output row is)."""
+    p = op.Softmax(s if sdt == dt else op.Cast(s, to=sdt), axis=-1)
+    y = op.MatMul(p if sdt == dt else op.Cast(p, to=dt), v)
+    return op.Where(op.IsNaN(y), op.const(_np(dt, 0.0)), y) if guard else y
 
 
 def _additive_mask(op: RewriteBuilder, m: Match, raise_lowest: bool) -> str | None:
@@ -350,5 +359,48 @@ class Attention(PatternPass):
         form = self.form or "std"
         rewrite = (lambda op, m: emit_trt(op, m)) if form == "trt" else (
             lambda op, m: emit_fused(op, m, form))
-        return [Rule("attention", make_pattern(fold_q=form == "trt"),
-                     check=lambda m: check_attention(m, form), rewrite=rewrite)]
+        fuse = Rule("attention", make_pattern(fold_q=form == "trt"),
+                    check=lambda m: check_attention(m, form), rewrite=rewrite)
+        if form == "std":
+            return [fuse]
+        return [fuse, Rule("attention-native", _native_pattern, check=_check_native,
+                           rewrite=lambda op, m: _emit_native(op, m, form))]
+
+
+# ---- an exporter's own Attention (dynamo at opset 23), in plugin and trt form -----------------
+
+def _native_pattern(op, q, k, v):  # type: ignore[no-untyped-def]
+    attrs = {"is_causal": 0, "softcap": 0.0, "scale": Var("scale"), "q_num_heads": Var("heads"),
+             "softmax_precision": Var("softmax_precision")}
+    return op.Attention(q, k, v, Var("attn_mask"), **attrs) | op.Attention(q, k, v, **attrs)
+
+
+def _check_native(m: Match) -> MatchFailure | None:
+    dt, shapes = m.dtype("q"), [m.shape(n) for n in ("q", "k", "v")]
+    if m.attr("heads") is not None or any(s is None or len(s) != 4 for s in shapes):
+        return MatchFailure("not the 4-D form of Attention")
+    heads = [s[1] for s in shapes]
+    if not all(isinstance(h, int) for h in heads) or any(h not in (1, heads[0]) for h in heads):
+        return MatchFailure(f"Q/K/V heads {heads}: only MHA or MQA is MatMul's broadcast")
+    if m.attr("scale") is None and not isinstance(shapes[0][-1], int):
+        return MatchFailure("the default scale needs Q's head size, which is not known")
+    mask = m.get("attn_mask")
+    if dt not in FLOATS or (mask and m.dtype("attn_mask") not in (TensorProto.BOOL, dt)):
+        return MatchFailure(f"Q dtype {dt}, attn_mask dtype {mask and m.dtype('attn_mask')}")
+    return None
+
+
+def _emit_native(op: RewriteBuilder, m: Match, form: str) -> str:
+    dt = m.dtype("q")
+    scale = m.attr("scale")
+    scale = 1 / math.sqrt(m.shape("q")[-1]) if scale is None else scale  # type: ignore[index]
+    sdt = m.attr("softmax_precision") or dt
+    mask = m.get("attn_mask")
+    if mask and m.dtype("attn_mask") == TensorProto.BOOL:  # True takes part
+        mask = op.Where(mask, op.const(_np(dt, 0.0)), op.const(_np(dt, -math.inf)))
+    if form == "plugin":
+        return op.plugin("AttentionPlugin", m["q"], m["k"], m["v"], mask or op.const(_np(dt, 0.0)),
+                         scale=scale, softmax_precision=sdt)
+    q = m["q"] if scale == 1.0 else op.Mul(m["q"], op.const(_np(dt, scale)))
+    s = op.MatMul(q, op.Transpose(m["k"], perm=[0, 1, 3, 2]))
+    return _softmax_matmul(op, op.Add(s, mask) if mask else s, m["v"], dt, sdt, guard=bool(mask))
