@@ -97,7 +97,7 @@ def _check_split(m: Match, n: int) -> MatchFailure | None:
         h = n // d
     if not (isinstance(h, int) and isinstance(d, int) and h * d == n):
         return MatchFailure(f"the Reshape to {dims} does not split {n} features into heads")
-    if len(xs) == 3 and not (same(dims[0], xs[0]) and same(dims[1], xs[1])):  # type: ignore[arg-type]
+    if len(xs) == 3 and not (same(dims[0], xs[0]) and same(dims[1], xs[1])):  # type: ignore
         return MatchFailure(f"the Reshape to {dims} may not keep (B, S) of {xs}")
     m.facts.update(heads=h, head_size=d)
     return None

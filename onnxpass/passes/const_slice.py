@@ -52,7 +52,7 @@ def check_fold(m: Match) -> MatchFailure | None:
     if not all(m.graph.is_const(i) for i in node.inputs if i):
         return MatchFailure("an input in attribute position (axes) is computed")
     values = evaluate_alone(m)
-    size_in = sum(m.graph.const_value(i).nbytes for i in node.inputs if i)  # type: ignore[union-attr]
+    size_in = sum(np.asarray(m.graph.const_value(i)).nbytes for i in node.inputs if i)
     size_out = sum(v.nbytes for v in values)
     if size_out > max(MAX_GROWTH_BYTES, size_in):
         return MatchFailure(f"folding makes {size_out} bytes of constants out of {size_in}")

@@ -59,8 +59,8 @@ def check_bias(m: Match, name: str, rank: int, n: int) -> MatchFailure | None:
 
 def gemm_2d(op: RewriteBuilder, m: Match, bias: str | None) -> str:
     """Reshape(x, (-1, K)) -> Gemm(., W, bias): the (M, N) product of the match's x and w."""
-    x2 = op.Reshape(m["x"], op.const(np.array([-1, m.shape("w")[0]], dtype=np.int64),  # type: ignore[index]
-                                     hint="shape"))
+    k = m.shape("w")[0]  # type: ignore[index]
+    x2 = op.Reshape(m["x"], op.const(np.array([-1, k], dtype=np.int64), hint="shape"))
     if bias is not None and (m.rank(bias) or 0) > 2:
         bias = op.const(m.const(bias).reshape(-1), hint="bias")
     elif bias is not None:
@@ -70,8 +70,8 @@ def gemm_2d(op: RewriteBuilder, m: Match, bias: str | None) -> str:
 
 def emit(op: RewriteBuilder, m: Match, graph: Graph) -> str:
     y2 = gemm_2d(op, m, "bias" if m.tag("bias") == "bias" else None)
-    xs = m.shape("x")
-    return reshape_to(op, graph, y2, m["x"], len(xs) - 1, [int(m.shape("w")[1])])  # type: ignore[arg-type, index]
+    outer, n = len(m.shape("x")) - 1, m.shape("w")[1]  # type: ignore[arg-type, index]
+    return reshape_to(op, graph, y2, m["x"], outer, [n])  # type: ignore[list-item]
 
 
 @register

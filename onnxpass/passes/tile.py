@@ -206,7 +206,8 @@ def compute_once(graph: Graph, op_types: set[str]) -> int:
             size = graph.const_size(v) if graph.is_const(v) else None
             if size is not None and size <= _SMALL:
                 c = graph.const_value(v)
-                value_number[v] = number(("const", c.dtype.str, c.shape, c.tobytes()))  # type: ignore[union-attr]
+                c = np.asarray(c)
+                value_number[v] = number(("const", c.dtype.str, c.shape, c.tobytes()))
             else:
                 value_number[v] = number(("value", v))
         return value_number[v]
