@@ -9,7 +9,10 @@ TorchScript exporter at opset 14 into the cache dir. Every variant then runs in 
 ``--repeat`` times, interleaved and in rotating order (so drift in disk cache, CPU clock or
 neighbours' load hits all alike), after an ``os.sync()`` outside the timed region (so no run pays
 for writing back the previous run's output); the table shows the median, the minimum and the
-process CPU time. The onnxpass variants call ``onnxpass.cli.main`` (the whole ``run`` command:
+process CPU time. Each timed run writes a new output file (the old one is deleted untimed), as a
+run to a fresh path does: on ext4, replacing an existing 333 MB file by rename (onnxpass's atomic
+save) costs noticeably more than truncating it in place (onnx.save), a file-system cost of
+re-runs that ``--overwrite`` measures. The onnxpass variants call ``onnxpass.cli.main`` (the whole ``run`` command:
 load, checker, passes, shape inference, save), exactly what a user gets.
 
 Note: the default CLIP config uses ``quick_gelu`` (x * sigmoid(1.702 x)), which the gelu pass
@@ -160,7 +163,7 @@ def profile(passes: str, src: Path, out: Path, top: int) -> None:
         pstats.Stats(prof, stream=buf).strip_dirs().sort_stats(key).print_stats(top)
         text = buf.getvalue()
         print(f"\n--- cProfile of onnxpass run --passes {passes}, top {top} by {key} ---")
-        print(text[text.index("   ncalls"):] if "   ncalls" in text else text)
+        print((text[text.index("   ncalls"):] if "   ncalls" in text else text).rstrip())
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="check outputs with onnx.checker and compare them in ONNX Runtime")
     ap.add_argument("--profile", action="store_true", help="cProfile one layernorm,gelu run")
     ap.add_argument("--top", type=int, default=25, help="rows of the profile to print")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="let each run overwrite the last run's output instead of writing anew")
     ap.add_argument("--memory", action="store_true",
                     help="also measure peak RSS of each variant in a fresh process")
     args = ap.parse_args(argv)
@@ -193,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeat):
         for k in [(r + j) % len(names) for j in range(len(names))]:  # rotate: no variant is
             name = names[k]                                            # always first or last
+            out = _out_path(cache, k)
+            if not args.overwrite:
+                out.unlink(missing_ok=True)  # every run writes a new file (see the docstring)
             gc.collect()
             os.sync()  # the last run's 333 MB of dirty pages: written back now, not in this run
             t0, c0 = time.perf_counter(), time.process_time()
-            run_variant(VARIANTS[name], src, _out_path(cache, k))
+            run_variant(VARIANTS[name], src, out)
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
 
