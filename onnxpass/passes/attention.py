@@ -31,6 +31,7 @@ Forms:
   and the projection feeds only this attention, else one Mul on Q. A NaN guard moves after the
   output MatMul, where it zeroes the same rows without splitting the chain.
 In plugin and trt form an exporter's own 4-D Attention (dynamo at opset 23) is converted too.
+How each form is written: attention_emit.py.
 
 Edges: a fully masked row (all scores -inf) gives zeros in every form, as the guard and ONNX
 Attention do; where the original has no guard, that row was NaN. All other outputs are unchanged.
@@ -49,18 +50,17 @@ that MatMul broadcasts and Attention does not, a mask that broadcasts the scores
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
+from onnxpass.passes.attention_emit import TERMS, Core, emit_fused, emit_native, emit_trt, lowest
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.normalize import FLOATS
-from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.patterns import Alt, Const, Match, MatchFailure, Rule, Var
 
 SCALES = ("q_scale", "k_scale", "kt_scale", "s_scale")
-TERMS = ("bias", "mask")
 _LOWEST_F32 = -(2.0 ** 127)  # float32 finfo.min is below this; |s| < 2^103 vanishes against it
 
 
@@ -97,20 +97,6 @@ def make_pattern(fold_q: bool):  # type: ignore[no-untyped-def]
         return op.MatMul(Alt(guard=op.Where(op.IsNaN(p), 0.0, p), none=p, tag="guard"), v)
 
     return attention_pattern
-
-
-@dataclass
-class Core:
-    """What the check worked out for the rewrite."""
-
-    rank: int
-    scale: float
-    dtype: int                   # Q's element type
-    softmax_dtype: int
-    k_perm: list[int] | None     # applied to k gives (B, H, L, d); None: k already is
-    kt_perm: list[int] | None    # applied to k gives K^T; None: k already is
-    expand_mask: bool            # std: attn_mask's last two dims are not known to be (S, L)
-    raise_lowest: bool = False   # std: attn_mask may hold the dtype's lowest value (see emit)
 
 
 def check_attention(m: Match, form: str) -> MatchFailure | None:
@@ -219,9 +205,8 @@ def _check_fused(m: Match, core: Core, form: str) -> MatchFailure | None:
         if not (f == -math.inf or (f <= _LOWEST_F32 and m.dtype("fill") == TensorProto.FLOAT)):
             return MatchFailure(f"Where fills masked scores with {fill.reshape(-1)[:2].tolist()}: "
                                 f"an additive mask gives a fully masked row another result")
-    lowest = _lowest(core.dtype)
     core.raise_lowest = form == "std" and any(
-        not m.is_const(n) or (m.const(n) == lowest).any() for n in TERMS if m.get(n))
+        not m.is_const(n) or (m.const(n) == lowest(core.dtype)).any() for n in TERMS if m.get(n))
     if form == "plugin":
         opset = m.graph.opset()
         if opset < 13:
@@ -248,104 +233,6 @@ def _check_trt(m: Match, core: Core, form: str) -> MatchFailure | None:
     return None
 
 
-# ---- rewrites ----------------------------------------------------------------------------------
-
-def emit_fused(op: RewriteBuilder, m: Match, form: str) -> str:
-    c: Core = m.facts["core"]
-    q, v = m["q"], m["v"]
-    k = m["k"] if c.k_perm is None else op.Transpose(m["k"], perm=c.k_perm)
-    mask = _additive_mask(op, m, raise_lowest=form == "std")
-    one = op.const(np.array([1], np.int64))
-    if c.rank == 3:  # (B*H, S, d) -> (B*H, 1, S, d)
-        q, k, v = (op.Unsqueeze(x, one) for x in (q, k, v))
-        if mask and max(m.rank(n) or 0 for n in (*TERMS, "cond") if m.get(n)) == 3:
-            mask = op.Unsqueeze(mask, one)
-    if form == "std":
-        if mask and c.raise_lowest:  # ONNX Runtime 1.31 zeroes rows of all-lowest scores
-            lowest = _lowest(c.dtype)
-            mask = op.Where(op.Equal(mask, op.const(lowest)), op.const(_next_up(lowest)), mask)
-        if mask and c.expand_mask:
-            mask = op.Expand(mask, _mask_shape(op, m))
-        y = op.Attention(q, k, v, mask or "", scale=c.scale,
-                         softmax_precision=c.softmax_dtype if c.softmax_dtype != c.dtype else None)
-    else:
-        y = op.plugin("AttentionPlugin", q, k, v, mask or op.const(_np(c.dtype, 0.0)),
-                      scale=c.scale, softmax_precision=c.softmax_dtype)
-    return op.Squeeze(y, one) if c.rank == 3 else y
-
-
-def emit_trt(op: RewriteBuilder, m: Match) -> str:
-    c: Core = m.facts["core"]
-    if m.tag("q_proj") == "proj":
-        q = op.MatMul(m["x_q"], op.const(m.const("w_q") * _np(c.dtype, c.scale)))
-        if m.get("b_q"):
-            q = op.Add(q, op.const(m.const("b_q") * _np(c.dtype, c.scale)))
-        q = op.Transpose(op.Reshape(q, m["q_heads"], allowzero=m.attr("q_allowzero")),
-                         perm=[0, 2, 1, 3])
-    else:
-        q = m["q"] if c.scale == 1.0 else op.Mul(m["q"], op.const(_np(c.dtype, c.scale)))
-    s = op.MatMul(q, m["k"] if c.kt_perm is None else op.Transpose(m["k"], perm=c.kt_perm))
-    if m.tag("where") == "where":
-        s = op.Where(m["cond"], s, m["fill"])
-    elif m.tag("where") == "where_not":
-        s = op.Where(m["cond"], m["fill"], s)
-    for name in TERMS:
-        if m.get(name):
-            s = op.Add(s, m[name])
-    masked = [n for n in (*TERMS, "cond") if m.get(n)]
-    guard = m.tag("guard") == "guard" and not all(
-        n != "cond" and m.is_const(n) and np.isfinite(m.const(n)).all() for n in masked)
-    return _softmax_matmul(op, s, m["v"], c.dtype, c.softmax_dtype, guard)
-
-
-def _softmax_matmul(op: RewriteBuilder, s: str, v: str, dt: int, sdt: int, guard: bool) -> str:
-    """Softmax(s) in type sdt, times V; with ``guard``, rows that came out NaN become zeros
-    (a fully masked row: its probabilities are all NaN, so its output row is)."""
-    p = op.Softmax(s if sdt == dt else op.Cast(s, to=sdt), axis=-1)
-    y = op.MatMul(p if sdt == dt else op.Cast(p, to=dt), v)
-    return op.Where(op.IsNaN(y), op.const(_np(dt, 0.0)), y) if guard else y
-
-
-def _additive_mask(op: RewriteBuilder, m: Match, raise_lowest: bool) -> str | None:
-    """The sum of every additive term, the Where mask turned into Where(cond, 0, fill)."""
-    terms = [m[n] for n in TERMS if m.get(n)]
-    if m.tag("where") != "none":
-        fill = m.const("fill").reshape(())
-        zero = op.const(np.zeros((), fill.dtype))
-        if raise_lowest and fill == np.finfo(fill.dtype).min:
-            fill = op.const(_next_up(fill))
-        else:
-            fill = m["fill"]
-        keep, drop = (zero, fill) if m.tag("where") == "where" else (fill, zero)
-        terms.append(op.Where(m["cond"], keep, drop))
-    total = terms[0] if terms else None
-    for t in terms[1:]:
-        total = op.Add(total, t)
-    return total
-
-
-def _mask_shape(op: RewriteBuilder, m: Match) -> str:
-    """(1, 1, S, L): S is Q's dim -2, L is V's; a constant when both are known."""
-    dims = [(m.shape(n) or (None, None))[-2] for n in ("q", "v")]
-    if all(isinstance(d, int) for d in dims):
-        return op.const(np.array([1, 1, *dims], np.int64))
-    parts = [op.Shape(m[n], start=m.rank(n) - 2, end=m.rank(n) - 1) for n in ("q", "v")]
-    return op.Concat(op.const(np.ones(2, np.int64)), *parts, axis=0)
-
-
-def _lowest(dtype: int) -> np.ndarray:
-    return np.array(np.finfo(helper.tensor_dtype_to_np_dtype(dtype)).min)
-
-
-def _next_up(lowest: np.ndarray) -> np.ndarray:
-    """The float after the lowest: s + it equals it wherever s + lowest equals lowest."""
-    return np.nextafter(lowest, np.zeros((), lowest.dtype))
-
-
-def _np(dtype: int, value: float) -> np.ndarray:
-    return np.array(value, helper.tensor_dtype_to_np_dtype(dtype))
-
-
 @register
 class Attention(PatternPass):
     name = "attention"
@@ -364,7 +251,7 @@ class Attention(PatternPass):
         if form == "std":
             return [fuse]
         return [fuse, Rule("attention-native", _native_pattern, check=_check_native,
-                           rewrite=lambda op, m: _emit_native(op, m, form))]
+                           rewrite=lambda op, m: emit_native(op, m, form))]
 
 
 # ---- an exporter's own Attention (dynamo at opset 23), in plugin and trt form -----------------
@@ -388,19 +275,3 @@ def _check_native(m: Match) -> MatchFailure | None:
     if dt not in FLOATS or (mask and m.dtype("attn_mask") not in (TensorProto.BOOL, dt)):
         return MatchFailure(f"Q dtype {dt}, attn_mask dtype {mask and m.dtype('attn_mask')}")
     return None
-
-
-def _emit_native(op: RewriteBuilder, m: Match, form: str) -> str:
-    dt = m.dtype("q")
-    scale = m.attr("scale")
-    scale = 1 / math.sqrt(m.shape("q")[-1]) if scale is None else scale  # type: ignore[index]
-    sdt = m.attr("softmax_precision") or dt
-    mask = m.get("attn_mask")
-    if mask and m.dtype("attn_mask") == TensorProto.BOOL:  # True takes part
-        mask = op.Where(mask, op.const(_np(dt, 0.0)), op.const(_np(dt, -math.inf)))
-    if form == "plugin":
-        return op.plugin("AttentionPlugin", m["q"], m["k"], m["v"], mask or op.const(_np(dt, 0.0)),
-                         scale=scale, softmax_precision=sdt)
-    q = m["q"] if scale == 1.0 else op.Mul(m["q"], op.const(_np(dt, scale)))
-    s = op.MatMul(q, op.Transpose(m["k"], perm=[0, 1, 3, 2]))
-    return _softmax_matmul(op, op.Add(s, mask) if mask else s, m["v"], dt, sdt, guard=bool(mask))

@@ -1,0 +1,142 @@
+"""How the attention pass writes each form (see attention.py for what it matches and refuses)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from onnxpass.patterns import Match, RewriteBuilder
+
+TERMS = ("bias", "mask")
+
+
+@dataclass
+class Core:
+    """What the check worked out for the rewrite."""
+
+    rank: int
+    scale: float
+    dtype: int                   # Q's element type
+    softmax_dtype: int
+    k_perm: list[int] | None     # applied to k gives (B, H, L, d); None: k already is
+    kt_perm: list[int] | None    # applied to k gives K^T; None: k already is
+    expand_mask: bool            # std: attn_mask's last two dims are not known to be (S, L)
+    raise_lowest: bool = False   # std: attn_mask may hold the dtype's lowest value (see emit)
+
+
+def emit_fused(op: RewriteBuilder, m: Match, form: str) -> str:
+    """std: Attention(Q, K, V, attn_mask); plugin: AttentionPlugin(q, k, v, mask). 4-D."""
+    c: Core = m.facts["core"]
+    q, v = m["q"], m["v"]
+    k = m["k"] if c.k_perm is None else op.Transpose(m["k"], perm=c.k_perm)
+    mask = _additive_mask(op, m, raise_lowest=form == "std")
+    one = op.const(np.array([1], np.int64))
+    if c.rank == 3:  # (B*H, S, d) -> (B*H, 1, S, d)
+        q, k, v = (op.Unsqueeze(x, one) for x in (q, k, v))
+        if mask and max(m.rank(n) or 0 for n in (*TERMS, "cond") if m.get(n)) == 3:
+            mask = op.Unsqueeze(mask, one)
+    if form == "std":
+        if mask and c.raise_lowest:  # ONNX Runtime 1.31 zeroes rows of all-lowest scores
+            low = lowest(c.dtype)
+            mask = op.Where(op.Equal(mask, op.const(low)), op.const(_next_up(low)), mask)
+        if mask and c.expand_mask:
+            mask = op.Expand(mask, _mask_shape(op, m))
+        y = op.Attention(q, k, v, mask or "", scale=c.scale,
+                         softmax_precision=c.softmax_dtype if c.softmax_dtype != c.dtype else None)
+    else:
+        y = op.plugin("AttentionPlugin", q, k, v, mask or op.const(_np(c.dtype, 0.0)),
+                      scale=c.scale, softmax_precision=c.softmax_dtype)
+    return op.Squeeze(y, one) if c.rank == 3 else y
+
+
+def emit_trt(op: RewriteBuilder, m: Match) -> str:
+    """MatMul(Q', K^T) [-> masks] -> Softmax -> MatMul(p, V), all of the scale in Q'."""
+    c: Core = m.facts["core"]
+    if m.tag("q_proj") == "proj":
+        q = op.MatMul(m["x_q"], op.const(m.const("w_q") * _np(c.dtype, c.scale)))
+        if m.get("b_q"):
+            q = op.Add(q, op.const(m.const("b_q") * _np(c.dtype, c.scale)))
+        q = op.Transpose(op.Reshape(q, m["q_heads"], allowzero=m.attr("q_allowzero")),
+                         perm=[0, 2, 1, 3])
+    else:
+        q = m["q"] if c.scale == 1.0 else op.Mul(m["q"], op.const(_np(c.dtype, c.scale)))
+    s = op.MatMul(q, m["k"] if c.kt_perm is None else op.Transpose(m["k"], perm=c.kt_perm))
+    if m.tag("where") == "where":
+        s = op.Where(m["cond"], s, m["fill"])
+    elif m.tag("where") == "where_not":
+        s = op.Where(m["cond"], m["fill"], s)
+    for name in TERMS:
+        if m.get(name):
+            s = op.Add(s, m[name])
+    masked = [n for n in (*TERMS, "cond") if m.get(n)]
+    guard = m.tag("guard") == "guard" and not all(
+        n != "cond" and m.is_const(n) and np.isfinite(m.const(n)).all() for n in masked)
+    return _softmax_matmul(op, s, m["v"], c.dtype, c.softmax_dtype, guard)
+
+
+def _softmax_matmul(op: RewriteBuilder, s: str, v: str, dt: int, sdt: int, guard: bool) -> str:
+    """Softmax(s) in type sdt, times V; with ``guard``, rows that came out NaN become zeros
+    (a fully masked row: its probabilities are all NaN, so its output row is)."""
+    p = op.Softmax(s if sdt == dt else op.Cast(s, to=sdt), axis=-1)
+    y = op.MatMul(p if sdt == dt else op.Cast(p, to=dt), v)
+    return op.Where(op.IsNaN(y), op.const(_np(dt, 0.0)), y) if guard else y
+
+
+def _additive_mask(op: RewriteBuilder, m: Match, raise_lowest: bool) -> str | None:
+    """The sum of every additive term, the Where mask turned into Where(cond, 0, fill)."""
+    terms = [m[n] for n in TERMS if m.get(n)]
+    if m.tag("where") != "none":
+        fill = m.const("fill").reshape(())
+        zero = op.const(np.zeros((), fill.dtype))
+        if raise_lowest and fill == np.finfo(fill.dtype).min:
+            fill = op.const(_next_up(fill))
+        else:
+            fill = m["fill"]
+        keep, drop = (zero, fill) if m.tag("where") == "where" else (fill, zero)
+        terms.append(op.Where(m["cond"], keep, drop))
+    total = terms[0] if terms else None
+    for t in terms[1:]:
+        total = op.Add(total, t)
+    return total
+
+
+def _mask_shape(op: RewriteBuilder, m: Match) -> str:
+    """(1, 1, S, L): S is Q's dim -2, L is V's; a constant when both are known."""
+    dims = [(m.shape(n) or (None, None))[-2] for n in ("q", "v")]
+    if all(isinstance(d, int) for d in dims):
+        return op.const(np.array([1, 1, *dims], np.int64))
+    parts = [op.Shape(m[n], start=m.rank(n) - 2, end=m.rank(n) - 1) for n in ("q", "v")]
+    return op.Concat(op.const(np.ones(2, np.int64)), *parts, axis=0)
+
+
+def lowest(dtype: int) -> np.ndarray:
+    return np.array(np.finfo(helper.tensor_dtype_to_np_dtype(dtype)).min)
+
+
+def _next_up(low: np.ndarray) -> np.ndarray:
+    """The float after the lowest: s + it equals it wherever s + lowest equals lowest."""
+    return np.nextafter(low, np.zeros((), low.dtype))
+
+
+def _np(dtype: int, value: float) -> np.ndarray:
+    return np.array(value, helper.tensor_dtype_to_np_dtype(dtype))
+
+
+def emit_native(op: RewriteBuilder, m: Match, form: str) -> str:
+    """An exporter's own Attention as AttentionPlugin or as the trt chain."""
+    dt = m.dtype("q")
+    scale = m.attr("scale")
+    scale = 1 / math.sqrt(m.shape("q")[-1]) if scale is None else scale  # type: ignore[index]
+    sdt = m.attr("softmax_precision") or dt
+    mask = m.get("attn_mask")
+    if mask and m.dtype("attn_mask") == TensorProto.BOOL:  # True takes part
+        mask = op.Where(mask, op.const(_np(dt, 0.0)), op.const(_np(dt, -math.inf)))
+    if form == "plugin":
+        return op.plugin("AttentionPlugin", m["q"], m["k"], m["v"], mask or op.const(_np(dt, 0.0)),
+                         scale=scale, softmax_precision=sdt)
+    q = m["q"] if scale == 1.0 else op.Mul(m["q"], op.const(_np(dt, scale)))
+    s = op.MatMul(q, op.Transpose(m["k"], perm=[0, 1, 3, 2]))
+    return _softmax_matmul(op, op.Add(s, mask) if mask else s, m["v"], dt, sdt, guard=bool(mask))
