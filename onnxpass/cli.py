@@ -106,9 +106,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         feeds = load_inputs(args.inputs)
     t0 = time.perf_counter()
     graph = _load(str(src))
-    original_bytes = None
-    if args.verify and not _has_external_data(graph):
-        original_bytes = graph.model.SerializeToString()
     load_s = time.perf_counter() - t0
     progress = None if args.quiet or args.json else (lambda msg: print(msg, file=sys.stderr))
     result = PassManager(passes, check=not args.no_check, dump_dir=args.dump_dir,
@@ -119,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     save_s = time.perf_counter() - t1
     verify_lines: list[str] = []
     if args.verify:
-        verify_lines = _verify(src, out, original_bytes, feeds, dims, args)
+        verify_lines = _verify(src, out, feeds, dims, args)
     summary = {
         "input": str(src), "output": str(out), "rounds": result.rounds, "notes": result.notes,
         "passes": [s.__dict__ for s in result.stats],
@@ -142,14 +139,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(src: Path, out: Path, original_bytes: bytes | None, feeds, dims, args) -> list[str]:  # type: ignore[no-untyped-def]
-    import onnx
-
+def _verify(src: Path, out: Path, feeds, dims, args) -> list[str]:  # type: ignore[no-untyped-def]
+    """Compare the input file (never overwritten) with the output just written."""
     from onnxpass.verify import compare_models, random_inputs
 
-    original: onnx.ModelProto | str = str(src)
-    if original_bytes is not None:
-        original = onnx.load_from_string(original_bytes)
+    original = str(src)
     if feeds is None:
         feeds = random_inputs(load_model(src), args.seed, dims)
     try:
@@ -164,12 +158,6 @@ def _remove_output(out: Path) -> None:
     for p in (out, out.with_name(out.name + ".data")):
         if p.exists():
             p.unlink()
-
-
-def _has_external_data(graph: Graph) -> bool:
-    from onnx import TensorProto
-
-    return any(t.data_location == TensorProto.EXTERNAL for t in graph.model.graph.initializer)
 
 
 def _parse_dims(items: list[str]) -> dict[str, int]:

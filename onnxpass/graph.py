@@ -408,10 +408,11 @@ class Graph:
         _prune_opsets(self.model)
         return self.model
 
-    def refresh_types(self) -> None:
-        """Run shape inference (on the weight-free skeleton) and record every value's type."""
-        model = self.to_model()
-        skel, _ = skeleton(model)
+    def refresh_types(self, skel: onnx.ModelProto | None = None) -> None:
+        """Run shape inference on the weight-free skeleton (``skel``, if the caller just made one
+        from ``to_model()``) and record every value's type."""
+        if skel is None:
+            skel, _ = skeleton(self.to_model())
         try:
             inferred = onnx.shape_inference.infer_shapes(skel, data_prop=True)
         except Exception:  # inference is best effort: a custom op without schema stops nothing

@@ -8,4 +8,19 @@ from onnxpass.passes import add_bias_transpose, const_slice, matmul2d, tile  # n
 from onnxpass.passes.base import register_pipeline
 
 register_pipeline("cleanup", ["noop", "cse", "dce"])
-register_pipeline("default", ["fold", "noop", "cse", "layernorm", "gelu", "dce"])
+
+# What `onnxpass run MODEL` does: every pass that has a standard-ONNX form, in that form, so the
+# result builds on stock TensorRT. Clean-ups and constant folding first (they expose patterns);
+# attention before masked_softmax (attention claims a masked softmax inside an attention block)
+# and before add_bias_transpose/matmul2d (it needs the Q/K/V MatMul+Add form intact).
+register_pipeline("default", [
+    "fold", "noop", "cse", "tile", "const_slice", "layernorm", "gelu", "attention",
+    "masked_softmax=std", "add_bias_transpose", "matmul2d", "dce",
+])
+
+# Everything, plugin forms where a pass has one: for engines built with onnxpass's plugins.
+register_pipeline("plugins", [
+    "fold", "noop", "cse", "tile", "const_slice", "layernorm=plugin", "gelu=plugin", "l2norm",
+    "mask2pos", "attention=plugin", "masked_softmax=plugin", "add_bias_transpose=plugin",
+    "matmul2d", "dce",
+])

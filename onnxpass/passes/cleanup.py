@@ -106,10 +106,27 @@ class FoldConstants(Pass):
         g = ctx.graph
         before = len(g.live_nodes())
         model = g.to_model()
-        # Tensors over 16 MiB would be materialized in memory by folding: leave those as they are.
-        folded = fold_constants(model, size_threshold=16 << 20, error_ok=True)
+        # Local functions (plugin reference bodies) do not survive GraphSurgeon's round trip:
+        # fold without them and put them back. Plugin nodes are never constant-folded anyway.
+        functions = [onnx.FunctionProto() for _ in model.functions]
+        for copy, f in zip(functions, model.functions):
+            copy.CopyFrom(f)
+        opsets = {o.domain: o.version for o in model.opset_import}
+        del model.functions[:]
+        try:
+            # Tensors over 16 MiB would be materialized by folding: leave those as they are.
+            folded = fold_constants(model, size_threshold=16 << 20, error_ok=True)
+        finally:
+            model.functions.extend(functions)
         if folded is None:
             return 0
+        if folded is not model:
+            del folded.functions[:]
+            folded.functions.extend(functions)
+            present = {o.domain for o in folded.opset_import}
+            for domain, version in opsets.items():
+                if domain not in present:
+                    folded.opset_import.add(domain=domain, version=version)
         ctx.graph = Graph(folded, g.base_dir)
         return max(0, before - len(ctx.graph.live_nodes()))
 

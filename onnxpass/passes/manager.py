@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxpass.errors import PassError
-from onnxpass.graph import Graph, check_model, save_model
+import onnx
+
+from onnxpass.graph import Graph, save_model, skeleton
 from onnxpass.passes.base import Pass, PassContext
 
 
@@ -76,10 +78,12 @@ class PassManager:
         return PipelineResult(ctx.graph, list(stats.values()), ctx.notes, rounds)
 
     def _after(self, graph: Graph, p: Pass) -> None:
-        graph.toposort()
+        # One sync and one weight-free skeleton serve both the checker and shape inference.
+        skel, _ = skeleton(graph.to_model())
         if self.check:
             try:
-                check_model(graph.to_model(), f"after pass {p.label}")
+                onnx.checker.check_model(skel)
             except Exception as e:
-                raise PassError(str(e)) from None
-        graph.refresh_types()
+                raise PassError(f"after pass {p.label}: invalid ONNX graph: "
+                                f"{str(e).strip().splitlines()[0]}") from None
+        graph.refresh_types(skel)
