@@ -147,10 +147,12 @@ class Graph:
             self.types.setdefault(t.name, _tensor_type(t.data_type, t.dims))
         for p in g.node:
             self._add(Node.from_proto(p))
+        self._sorted = True  # ONNX requires a model's nodes in topological order
 
     # ---- structure -------------------------------------------------------------------------
     def _add(self, node: Node) -> None:
         node.graph = self
+        self._sorted = False
         self.nodes.append(node)
         for o in node.outputs:
             if o:
@@ -300,6 +302,7 @@ class Graph:
                 new_nodes = [*new_nodes, Node("Identity", [new], [old], name=self.fresh_name("id"))]
                 continue
             for user in list(self.users(old)):
+                self._sorted = False
                 user.inputs = [new if i == old else i for i in user.inputs]
                 self.consumers.setdefault(new, []).append(user)
             self.consumers.pop(old, None)
@@ -360,6 +363,9 @@ class Graph:
     def toposort(self) -> list[Node]:
         """Stable topological order of the live nodes (original order where it is valid)."""
         nodes = self.live_nodes()
+        if self._sorted:  # nothing added or rewired since the last sort: removals keep order
+            self.nodes = nodes
+            return nodes
         index = {id(n): k for k, n in enumerate(nodes)}
         indeg = {id(n): 0 for n in nodes}
         for n in nodes:
@@ -386,6 +392,7 @@ class Graph:
         if len(order) != len(nodes):
             raise PassError("graph has a cycle")
         self.nodes = order
+        self._sorted = True
         return order
 
     # ---- back to a model -------------------------------------------------------------------
