@@ -115,7 +115,8 @@ class FoldConstants(Pass):
         del model.functions[:]
         try:
             # Tensors over 16 MiB would be materialized by folding: leave those as they are.
-            folded = fold_constants(model, size_threshold=16 << 20, error_ok=True)
+            folded = fold_constants(model, size_threshold=16 << 20, error_ok=True,
+                                    allow_onnxruntime_shape_inference=False)
         finally:
             model.functions.extend(functions)
         if folded is None:
