@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import onnx
 
 from onnxpass.graph import Graph, Node
@@ -113,11 +116,21 @@ class FoldConstants(Pass):
             copy.CopyFrom(f)
         opsets = {o.domain: o.version for o in model.opset_import}
         del model.functions[:]
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                       for t in model.graph.initializer)
+        cwd = os.getcwd()
         try:
-            # Tensors over 16 MiB would be materialized by folding: leave those as they are.
-            folded = fold_constants(model, size_threshold=16 << 20, error_ok=True,
-                                    allow_onnxruntime_shape_inference=False)
+            with tempfile.TemporaryDirectory(prefix="onnxpass-fold-") as scratch:
+                # ONNX Runtime's symbolic shape inference (which lets folding see through dynamic
+                # shapes) writes temp files into the cwd: give it a scratch folder. External data
+                # is found relative to the cwd by polygraphy, so those models fold without it.
+                if not external:
+                    os.chdir(scratch)
+                # Tensors over 16 MiB would be materialized by folding: leave those as they are.
+                folded = fold_constants(model, size_threshold=16 << 20, error_ok=True,
+                                        allow_onnxruntime_shape_inference=not external)
         finally:
+            os.chdir(cwd)
             model.functions.extend(functions)
         if folded is None:
             return 0
