@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -72,7 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_match)
 
     pl = sub.add_parser("plugins", help="plugin ops: attributes and implementations")
-    pl.add_argument("action", choices=["list"])
+    pl.add_argument("action", choices=["list", "check"],
+                    help="check MODEL: plugin nodes on Triton, the rest on ONNX Runtime, "
+                         "against ONNX Runtime on --original (default: MODEL's functions)")
+    pl.add_argument("model", nargs="?")
+    pl.add_argument("--original")
+    pl.add_argument("--device", default="cuda", help="cuda, or cpu (Triton's interpreter)")
+    pl.add_argument("--rtol", type=float)
+    pl.add_argument("--atol", type=float)
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
     return p
@@ -97,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else _default_output(src)
     if src.exists() and out.exists() and src.resolve() == out.resolve():
         raise OnnxpassError(f"{out}: output would overwrite the input model")
+    _check_writable(out)
     passes = parse_passes(args.passes)  # fail on unknown names before reading anything big
     dims = _parse_dims(args.dim)
     feeds = None
@@ -152,6 +161,17 @@ def _verify(src: Path, out: Path, feeds, dims, args) -> list[str]:  # type: igno
         _remove_output(out)
         raise
     return [s.line() for s in stats]
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output path that cannot be written before doing any work."""
+    if out.is_dir():
+        raise OnnxpassError(f"{out}: is a directory; -o takes the output file's path")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OnnxpassError(f"{out}: cannot write: {parent} is not a writable directory")
 
 
 def _remove_output(out: Path) -> None:
@@ -243,6 +263,19 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from onnxpass.plugins import NAMESPACE, all_plugins
     from onnxpass.plugins.kernels import implementations
 
+    if args.action == "check":
+        from onnxpass.plugins.gpu_check import check
+
+        if not args.model:
+            raise OnnxpassError("plugins check needs MODEL")
+        r = check(load_model(args.model), args.original and load_model(args.original),
+                  device=args.device, rtol=args.rtol, atol=args.atol)
+        if args.json:
+            print(json.dumps({"ok": r.ok, "ran": r.ran, "segments": r.segments,
+                              "outputs": [s.__dict__ for s in r.outputs]}))
+        else:
+            print("\n".join(r.lines()))
+        return 0 if r.ok else EXIT_VERIFY_FAILED
     rows = [{"name": s.name, "id": f"{NAMESPACE}::{s.name}", "version": s.version,
              "inputs": list(s.inputs), "outputs": list(s.outputs), "dtypes": list(s.dtypes),
              "attributes": [{"name": a.name, "kind": a.kind, "default": a.default, "doc": a.doc}

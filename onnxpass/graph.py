@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from onnxpass.errors import ModelLoadError, PassError
+from onnxpass.errors import ModelLoadError, OnnxpassError, PassError
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -473,6 +473,15 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: s
     """Save atomically (temp file + rename). Tensors that were external stay external, written to
     ``<output>.data``; so does everything when the model would pass 2 GB."""
     out = Path(path)
+    try:
+        _save_atomically(model, out, base_dir)
+    except OSError as e:
+        raise OnnxpassError(f"{out}: cannot write: {e.strerror or e}") from None
+
+
+def _save_atomically(model: onnx.ModelProto, out: Path, base_dir: str) -> None:
+    if out.is_dir():
+        raise IsADirectoryError(21, "is a directory")
     out.parent.mkdir(parents=True, exist_ok=True)
     data = None if any(_external_tensors(model)) else _serialize_under_2gb(model)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

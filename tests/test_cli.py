@@ -91,6 +91,10 @@ def test_bad_inputs_get_one_line_and_exit_2(tmp_path: Path, model: Path, capsys)
     assert "did you mean 'layernorm'" in _bad(["run", "--passes", "layernrom", str(model)], capsys)
     assert "no form 'fast'" in _bad(["run", "--passes", "gelu=fast", str(model)], capsys)
     assert "overwrite the input" in _bad(["run", str(model), "-o", str(model)], capsys)
+    assert "is a directory" in _bad(["run", str(model), "-o", str(tmp_path)], capsys)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "cannot write" in _bad(["run", str(model), "-o", str(blocker / "x.onnx")], capsys)
     assert not out.exists() and not model.with_name("vit.onnxpass.onnx").exists()
 
 
