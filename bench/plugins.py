@@ -44,11 +44,49 @@ CASES = [
     ("GeluPlugin", "ViT-B/16 64x197 MLP", (64, 197, 3072), {"approximate": 0}),
     ("GeluPlugin", "ViT-B/16 64x197 MLP, tanh", (64, 197, 3072), {"approximate": 1}),
     ("GeluPlugin", "anchor 12608x768", (12608, 768), {"approximate": 0}),
+    # MST++ (spectral recon.): F.normalize(q, dim=-1) on [b, heads, 31, hw] per stage
+    ("L2NormPlugin", "MST++ b20 128x128 stage 1", (20, 1, 31, 16384), {"eps": 1e-12, "mode": 2}),
+    ("L2NormPlugin", "MST++ b20 128x128 stage 2", (20, 2, 31, 4096), {"eps": 1e-12, "mode": 2}),
+    ("L2NormPlugin", "MST++ b1 482x512 stage 1", (1, 1, 31, 246784), {"eps": 1e-12, "mode": 2}),
+    # AnchorDETR-like encoder self-attention over HW ~ 1000 with a key-padding mask [B,1,1,HW]
+    ("MaskedSoftmaxPlugin", "AnchorDETR-like 8x8 heads HW=1000", (8, 8, 1000, 1000), {"mode": 1}),
+    ("MaskedSoftmaxPlugin", "BERT-base b32 s128, (1-m)*min", (32, 12, 128, 128),
+     {"mode": 0, "fill": -3.4028234663852886e38}),
+    ("AddBiasTransposePlugin", "ViT-B/16 64x197 Q", (64, 197, 768), {"num_heads": 12}),
+    ("AddBiasTransposePlugin", "ViT-B/16 64x197 K^T", (64, 197, 768),
+     {"num_heads": 12, "perm": (0, 2, 3, 1)}),
+    ("Mask2PosPlugin", "DETR 2x(25x34) y_embed", (2, 25, 34),
+     {"axis": 1, "eps": 1e-6, "scale": 6.283185307179586, "invert": 1}),
+    ("Mask2PosPlugin", "DETR 2x(25x34) x_embed", (2, 25, 34),
+     {"axis": 2, "eps": 1e-6, "scale": 6.283185307179586, "invert": 1}),
 ]
 
 
 def shapes_of(plugin: str, x: tuple[int, ...]) -> list[list[int]]:
-    return [list(x), [x[-1]], [x[-1]]] if plugin == "LayerNormPlugin" else [list(x)]
+    if plugin == "LayerNormPlugin":
+        return [list(x), [x[-1]], [x[-1]]]
+    if plugin == "MaskedSoftmaxPlugin":
+        return [list(x), [x[0]] + [1] * (len(x) - 2) + [x[-1]]]
+    if plugin == "AddBiasTransposePlugin":
+        return [list(x), [x[-1]]]
+    return [list(x)]
+
+
+def dtypes_of(plugin: str, dtype: str, n: int) -> list[str]:
+    """Input dtypes: masks are bool."""
+    return {"MaskedSoftmaxPlugin": [dtype, "bool"], "Mask2PosPlugin": ["bool"]}.get(
+        plugin, [dtype] * n)
+
+
+def outputs(plugin: str, ins: list[Any], attrs: dict[str, Any]) -> list[Any]:
+    """NaN-filled outputs of the spec's shapes and dtypes."""
+    import torch
+
+    spec = get_plugin(plugin)
+    shapes = spec.output_shapes([list(t.shape) for t in ins], spec.attr_values(attrs))
+    dtypes = spec.output_dtypes([str(t.dtype).removeprefix("torch.") for t in ins])
+    return [torch.full(s, float("nan"), dtype=getattr(torch, d), device=ins[0].device)
+            for s, d in zip(shapes, dtypes)]
 
 
 def dynamic(shapes: list[list[int]]) -> tuple[list[list[Any]], dict[str, int]]:
@@ -65,10 +103,13 @@ def emit_ptx(out: Path) -> None:
     target, rows = GPUTarget("cuda", 90, 32), []
     for plugin, label, x, attrs in CASES:
         for dtype in DTYPES:
+            if dtype not in get_kernel(plugin).dtypes:  # type: ignore[union-attr]
+                continue
             shapes = shapes_of(plugin, x)
             for dyn, ptx_version in ((False, 90), (True, 90), (False, 84)):
                 s, env = dynamic(shapes) if dyn else (shapes, {})
-                a = aot_kernel(plugin, s, [dtype] * len(shapes), attrs, target=target,
+                a = aot_kernel(plugin, s, dtypes_of(plugin, dtype, len(shapes)), attrs,
+                               target=target,
                                ptx_version=ptx_version)
                 rows.append({"plugin": plugin, "label": label, "dtype": dtype, "dynamic": dyn,
                              "name": a.name, "ptx": a.ptx, "block": a.block,
@@ -85,7 +126,18 @@ def inputs(plugin: str, shapes: list[list[int]], dtype: str) -> list[Any]:
 
     g = torch.Generator(device="cuda").manual_seed(0)
     t = getattr(torch, dtype)
+    if plugin == "Mask2PosPlugin":  # DETR padding: the bottom rows / right columns of image 0
+        m = torch.zeros(shapes[0], dtype=torch.bool, device="cuda")
+        m[0, -3:, :] = True
+        m[0, :, -5:] = True
+        return [m]
     x = torch.randn(shapes[0], generator=g, device="cuda").to(t)
+    if plugin == "MaskedSoftmaxPlugin":
+        mask = torch.rand(shapes[1], generator=g, device="cuda") < 0.8
+        mask.view(-1, shapes[1][-1])[0] = False  # a fully masked row
+        return [x, mask]
+    if plugin == "AddBiasTransposePlugin":
+        return [x, (0.1 * torch.randn(shapes[1], generator=g, device="cuda")).to(t)]
     if plugin == "LayerNormPlugin":
         n = shapes[1][0]
         return [x, (1 + 0.2 * torch.randn(n, generator=g, device="cuda")).to(t),
@@ -102,14 +154,15 @@ def to_numpy(t: Any) -> np.ndarray:
 
 
 def against_reference(plugin: str, ins: list[Any], out: Any, attrs: dict[str, Any]) -> Any:
+    """On the first entries along dim 0, about 2M elements: every op here is independent along
+    dim 0 (inputs with another dim 0, such as biases, are passed whole)."""
     k = get_kernel(plugin)
-    x2 = ins[0].reshape(-1, ins[0].shape[-1])
-    step = max(1, x2.numel() // 2_000_000)
-    rows = slice(0, x2.shape[0], step)
-    sub = [to_numpy(x2[rows])] + [to_numpy(t) for t in ins[1:]]
+    n0 = ins[0].shape[0]
+    b = max(1, 2_000_000 // max(1, ins[0].numel() // n0)) if ins[0].dim() > 1 else n0
+    sub = [to_numpy(t[:b] if t.dim() > 1 and t.shape[0] == n0 else t) for t in ins]
     want = k.reference(*sub, **get_plugin(plugin).attr_values(attrs))[0]  # type: ignore[union-attr]
-    got = to_numpy(out.reshape(x2.shape)[rows])
-    dtype = str(ins[0].dtype).removeprefix("torch.")
+    got = to_numpy(out[:b])
+    dtype = str(out.dtype).removeprefix("torch.")
     return error_stats("y", want.astype(np.float32), got.astype(np.float32), *TOLERANCES[dtype])
 
 
@@ -143,9 +196,30 @@ def bench(fn: Any) -> float:
 def torch_op(plugin: str, ins: list[Any], attrs: dict[str, Any]) -> Any:
     import torch.nn.functional as F
 
+    import torch
+
     if plugin == "LayerNormPlugin":
         x, g, b = ins
         return lambda: F.layer_norm(x, x.shape[-1:], g, b, attrs.get("epsilon", 1e-5))
+    if plugin == "L2NormPlugin":
+        return lambda: F.normalize(ins[0], dim=attrs.get("axis", -1), eps=attrs["eps"])
+    if plugin == "MaskedSoftmaxPlugin":
+        x, m = ins
+        if attrs["mode"] == 0:
+            return lambda: torch.softmax(x + (1 - m.to(x.dtype)) * attrs["fill"], -1)
+        return lambda: torch.softmax(x.masked_fill(~m, attrs.get("fill", float("-inf"))), -1)
+    if plugin == "AddBiasTransposePlugin":
+        x, b = ins
+        h, perm = attrs["num_heads"], attrs.get("perm", (0, 2, 1, 3))
+        shape = (*x.shape[:2], h, x.shape[2] // h)
+        return lambda: (x + b).view(shape).permute(perm).contiguous()
+    if plugin == "Mask2PosPlugin":
+        axis = attrs["axis"]
+
+        def mask2pos() -> Any:
+            c = (~ins[0]).cumsum(axis, dtype=torch.float32)
+            return c / (c.narrow(axis, -1, 1) + attrs["eps"]) * attrs["scale"]
+        return mask2pos
     approx = "tanh" if attrs.get("approximate") else "none"
     return lambda: F.gelu(ins[0], approximate=approx)
 
@@ -166,14 +240,16 @@ def gpu(out_dir: Path, ptx_from: Path | None, sweep: bool) -> None:
         values = spec.attr_values(attrs)
         shapes = shapes_of(plugin, x)
         for dtype in DTYPES:
+            if dtype not in k.dtypes:  # type: ignore[union-attr]
+                continue
             r: dict[str, Any] = {"plugin": plugin, "label": label, "shape": list(x),
                                  "dtype": dtype, "attrs": values}
             try:
                 ins = inputs(plugin, shapes, dtype)
-                nbytes = 2 * ins[0].numel() * ins[0].element_size() + sum(
-                    t.numel() * t.element_size() for t in ins[1:])
-                plan = k.plan(shapes, [dtype] * len(ins), values)  # type: ignore[union-attr]
-                y = torch.empty_like(ins[0])
+                in_dtypes = dtypes_of(plugin, dtype, len(ins))
+                y = outputs(plugin, ins, attrs)[0]
+                nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
+                plan = k.plan(shapes, in_dtypes, values)  # type: ignore[union-attr]
                 launch(plan, ins, [y])
                 torch.cuda.synchronize()
                 r["jit"] = against_reference(plugin, ins, y, attrs).__dict__
@@ -183,7 +259,7 @@ def gpu(out_dir: Path, ptx_from: Path | None, sweep: bool) -> None:
                 r["torch"] = against_reference(plugin, ins, torch_y, attrs).__dict__
                 for kind in ("aot", "aot_dynamic"):
                     s, e = dynamic(shapes) if kind == "aot_dynamic" else (shapes, {})
-                    a = aot_kernel(plugin, s, [dtype] * len(ins), attrs)
+                    a = aot_kernel(plugin, s, in_dtypes, attrs)
                     kern = Ptx(a.name, a.ptx, a.block, a.shared_mem)
                     grid, args = [value(g, e) for g in a.grid], [value(v, e) for v in a.args]
                     ya = torch.full_like(y, float("nan"))
@@ -228,7 +304,7 @@ def launch_manifest(path: Path) -> list[dict[str, Any]]:
             x = next(c[2] for c in CASES if c[0] == m["plugin"] and c[1] == m["label"])
             attrs = next(c[3] for c in CASES if c[0] == m["plugin"] and c[1] == m["label"])
             ins = inputs(m["plugin"], shapes_of(m["plugin"], x), m["dtype"])
-            y = torch.full_like(ins[0], float("nan"))
+            y = outputs(m["plugin"], ins, attrs)[0]
             kern = Ptx(m["name"], m["ptx"], m["block"], m["shared_mem"])
             kern(m["grid"], m["args"], ins, [y])
             torch.cuda.synchronize()
@@ -248,6 +324,8 @@ def sweeps() -> list[dict[str, Any]]:
 
     out = []
     for plugin, label, x, attrs in CASES:
+        if plugin not in ("LayerNormPlugin", "GeluPlugin"):
+            continue
         shapes = shapes_of(plugin, x)
         ins = inputs(plugin, shapes, "float16")
         y = torch.empty_like(ins[0])
@@ -257,7 +335,7 @@ def sweeps() -> list[dict[str, Any]]:
             configs = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8, 16)
                        for w in (4, 8)]
             make = ln_kernels.plan
-        else:
+        elif plugin == "GeluPlugin":
             if attrs.get("approximate"):
                 continue
             configs = [{"block": b, "num_warps": w} for b in (1024, 2048, 4096)
@@ -320,7 +398,10 @@ def main() -> int:
     p.add_argument("--emit-ptx", type=Path, help="compile PTX for sm_90 here (no GPU) and stop")
     p.add_argument("--ptx-from", type=Path, help="also launch the PTX an --emit-ptx run wrote")
     p.add_argument("--sweep", action="store_true", help="time float16 launch configurations")
+    p.add_argument("--plugins", help="only these plugins, comma-separated (default: all)")
     args = p.parse_args()
+    if args.plugins:
+        CASES[:] = [c for c in CASES if c[0] in args.plugins.split(",")]
     t0 = time.time()
     if args.emit_ptx:
         emit_ptx(args.emit_ptx)

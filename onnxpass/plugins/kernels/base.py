@@ -34,7 +34,7 @@ except ImportError:  # onnxpass and the NumPy references work without Triton
 Dim = Any  # an int or a symbolic dim supporting + - * //
 
 TRITON_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int32": "i32",
-                 "int64": "i64", "bool": "i1"}
+                 "int64": "i64", "int8": "i8", "bool": "i1"}
 
 
 # -- shape arithmetic that works on ints and on TensorRT's symbolic dims --------------------
@@ -107,6 +107,12 @@ class TritonKernel:
 def jit(fn: Callable[..., None]) -> TritonKernel:
     """Use instead of ``@triton.jit`` for plugin kernels."""
     return TritonKernel(fn)
+
+
+def helper(fn: Callable[..., Any]) -> Any:
+    """``@triton.jit`` for a function the kernels call (interpreted or compiled as Triton was
+    imported, like the kernels' launches)."""
+    return triton.jit(fn) if triton is not None else fn
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def aot_report(k: KernelSpec, case: Case, dtype: str, target: Any, symbolic: boo
     spec = k.spec
     attrs = spec.attr_values(case.attrs)
     shapes, env = symbolic_batch(case) if symbolic else ([list(s) for s in case.shapes], {})
-    dtypes = [dtype] * len(case.shapes)
+    dtypes = [str(a.dtype) for a in case.inputs(dtype)]  # masks keep their own dtype
     a = aot_kernel(k.plugin, shapes, dtypes, attrs, target=target)
     jit_plan = k.plan([list(s) for s in case.shapes], dtypes, attrs)  # type: ignore[misc]
     grid = [value(g, env) for g in a.grid]

@@ -1,0 +1,140 @@
+"""L2NormPlugin: NumPy reference and Triton kernels.
+
+x is viewed as [outer, n, inner] with n the normalized axis. The sum of squares is taken in
+float32 whatever the input dtype; y = x / denom is a true division, so an all-zero row with
+mode 0 and eps = 0 gives NaN, and mode 2 clips an infinite norm to FLT_MAX, as the function does.
+
+- ``l2norm_rows`` (inner = 1, n known when compiled, up to 16384): ROWS whole rows per program,
+  in registers: x read once, y written once.
+- ``l2norm_looped`` (inner = 1, n known only at run time, or longer): one row per program, in
+  chunks, x read twice.
+- ``l2norm_strided`` (inner > 1, e.g. axis 1 of NCHW): a program takes BLOCK_I neighbouring
+  columns of one outer index and walks n in chunks, x read twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, helper, jit,
+                                           next_pow2, np_dtype, prod, register_kernel, static, tl)
+
+MAX_ROW = 16384
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def reference(x: np.ndarray, *, eps: float, axis: int, mode: int) -> tuple[np.ndarray]:
+    x64 = x.astype(np.float64)
+    ss = (x64 * x64).sum(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if mode == 0:
+            denom = np.sqrt(ss + eps)
+        else:
+            denom = np.maximum(np.sqrt(ss), eps)
+            if mode == 2:
+                denom = np.minimum(denom, FLT_MAX)
+        return ((x64 / denom).astype(x.dtype),)
+
+
+@helper
+def _denom(ss, EPS: tl.constexpr, MODE: tl.constexpr):
+    if MODE == 0:
+        d = tl.sqrt(ss + EPS)
+    else:
+        d = tl.maximum(tl.sqrt(ss), EPS)
+        if MODE == 2:
+            d = tl.minimum(d, 3.4028234663852886e38)
+    return d
+
+
+@jit
+def l2norm_rows(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr,
+                BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    d = _denom(tl.sum(x * x, axis=1), EPS, MODE)
+    tl.store(y_ptr + offs, (x / d[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@jit
+def l2norm_looped(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * n_cols
+    cols = tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, n_cols, BLOCK_N):
+        x = tl.load(x_ptr + row + start + cols, mask=start + cols < n_cols, other=0.0)
+        acc += x.to(tl.float32) * x.to(tl.float32)
+    d = _denom(tl.sum(acc, axis=0), EPS, MODE)
+    for start in range(0, n_cols, BLOCK_N):
+        m = start + cols < n_cols
+        x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row + start + cols, (x / d).to(y_ptr.dtype.element_ty), mask=m)
+
+
+@jit
+def l2norm_strided(x_ptr, n, inner, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr,
+                   BLOCK_K: tl.constexpr, BLOCK_I: tl.constexpr):
+    cols = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    base = tl.program_id(1).to(tl.int64) * n * inner + cols[None, :]
+    ks = tl.arange(0, BLOCK_K)
+    col_ok = (cols < inner)[None, :]
+    acc = tl.zeros([BLOCK_K, BLOCK_I], dtype=tl.float32)
+    for start in range(0, n, BLOCK_K):
+        m = ((start + ks) < n)[:, None] & col_ok
+        x = tl.load(x_ptr + base + (start + ks)[:, None] * inner, mask=m, other=0.0)
+        acc += x.to(tl.float32) * x.to(tl.float32)
+    d = _denom(tl.sum(acc, axis=0), EPS, MODE)
+    for start in range(0, n, BLOCK_K):
+        m = ((start + ks) < n)[:, None] & col_ok
+        offs = base + (start + ks)[:, None] * inner
+        x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs, (x / d[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+
+
+def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
+         rows_per_program: int | None = None, num_warps: int | None = None) -> Launch:
+    x = shapes[0]
+    axis = attrs["axis"] % len(x)
+    outer, n, inner = prod(x[:axis]), x[axis], prod(x[axis + 1:])
+    c = {"EPS": attrs["eps"], "MODE": attrs["mode"]}
+    if static(inner) != 1:
+        bi = min(64, next_pow2(static(inner) or 64))
+        return Launch(l2norm_strided, grid=(cdiv(inner, bi), outer), args=(n, inner),
+                      constexprs={**c, "BLOCK_K": max(1, 2048 // bi), "BLOCK_I": bi},
+                      num_warps=num_warps or 4)
+    cols = static(n)
+    if cols is None or cols > MAX_ROW:
+        return Launch(l2norm_looped, grid=(outer,), args=(outer, n),
+                      constexprs={**c, "BLOCK_N": 2048}, num_warps=num_warps or 8)
+    block = next_pow2(cols)
+    r = rows_per_program or max(1, 2048 // block)
+    w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
+    return Launch(l2norm_rows, grid=(cdiv(outer, r),), args=(outer, n),
+                  constexprs={**c, "BLOCK_N": block, "ROWS": r}, num_warps=w)
+
+
+def _zero_row(dtype: str, rng: np.random.Generator) -> list[np.ndarray]:
+    x = rng.standard_normal((3, 5, 19)).astype(np.float64)
+    x[1, 2] = 0.0
+    return [x.astype(np_dtype(dtype))]
+
+
+KERNELS = register_kernel(KernelSpec(
+    plugin="L2NormPlugin",
+    reference=reference,
+    plan=plan,
+    cases=(
+        Case("mst_last_axis", ((2, 3, 7, 40),), {"eps": 1e-12, "mode": 2}),
+        Case("eps_added", ((3, 5, 37),), {"eps": 1e-6, "mode": 0}),
+        Case("max_zero_row", ((3, 5, 19),), {"eps": 1e-12, "mode": 1}, make=_zero_row),
+        Case("no_eps_zero_row", ((3, 5, 19),), {"eps": 0.0, "mode": 0}, make=_zero_row),
+        Case("channels_nchw", ((2, 6, 5, 7),), {"axis": 1, "eps": 1e-12, "mode": 2}),
+        Case("looped", ((3, 20001),), {"eps": 1e-12, "mode": 1}),
+    ),
+))
