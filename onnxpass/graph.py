@@ -415,7 +415,7 @@ class Graph:
         _prune_opsets(self.model)
         return self.model
 
-    def refresh_types(self, skel: onnx.ModelProto | None = None) -> None:
+    def refresh_types(self, skel: onnx.ModelProto | None = None, retry: bool = True) -> None:
         """Run shape inference on the weight-free skeleton (``skel``, if the caller just made one
         from ``to_model()``) and record every value's type."""
         if skel is None:
@@ -429,6 +429,38 @@ class Graph:
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
                 self.types[vi.name] = vi.type
         self._const_cache.clear()
+        if self._plugin_types() and retry:
+            # What follows a plugin node is inferred again, now that its outputs are typed.
+            self.refresh_types(retry=False)
+
+    def _plugin_types(self) -> int:
+        """Type plugin outputs that inference through the local function left unknown (e.g.
+        axes computed from an attribute), from the plugin's own spec. Returns how many."""
+        from onnxpass.plugins.base import DOMAIN, get_plugin
+
+        filled = 0
+        for n in self.toposort():
+            if n.domain != DOMAIN or all(self.shape(o) is not None for o in n.outputs if o):
+                continue
+            try:
+                spec = get_plugin(n.op_type)
+                shapes = [self.shape(i) for i in n.inputs]
+                dtypes = [self.dtype(i) for i in n.inputs]
+                if any(s is None for s in shapes) or any(d is None for d in dtypes):
+                    continue
+                attrs = {k: n.attr(k) for k in n.attrs}
+                out_shapes = spec.output_shapes(shapes, attrs)  # type: ignore[arg-type]
+                out_dtypes = spec.output_dtypes(
+                    [helper.tensor_dtype_to_np_dtype(d).name for d in dtypes])  # type: ignore[arg-type]
+            except Exception:  # an unknown plugin or a shape rule that needs static dims
+                continue
+            for o, shape, dt in zip(n.outputs, out_shapes, out_dtypes):
+                if o and self.shape(o) is None:
+                    dims = [d if isinstance(d, (int, str)) else None for d in shape]
+                    self.types[o] = helper.make_tensor_type_proto(
+                        helper.np_dtype_to_tensor_dtype(np.dtype(dt)), dims)
+                    filled += 1
+        return filled
 
 
 class RewriteRefused(Exception):

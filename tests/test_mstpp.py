@@ -1,6 +1,7 @@
 """A tiny MST++ (tests/models_mstpp.py) exported by TorchScript and dynamo: every F.normalize of
-Q and K becomes an L2NormPlugin, every LayerNorm and GELU is fused by their passes, and the
-outputs do not move. Expected counts come from running the torch model."""
+Q and K becomes an L2NormPlugin, every spectral attention (with its per-head learnable rescale)
+an Attention node, every LayerNorm and GELU is fused by their passes, and the outputs do not
+move. Expected counts come from running the torch model."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import onnxpass
 from onnxpass.plugins.base import DOMAIN
 from onnxpass.verify import error_stats, run
 from tests.models import export, torch_counts
+from tests.models_attention import attention_count
 from tests.models_mstpp import l2norm_calls, mstpp
 
 RTOL, ATOL = 1e-5, 1e-5  # float32; atol for elements near zero
@@ -46,13 +48,15 @@ def test_mstpp_fuses_every_instance(mstpp_exports, exporter: str) -> None:  # ty
     norms, want = l2norm_calls(built)["F.normalize"], torch_counts(built)
     assert (norms, want.layernorm, want.gelu) == (6, 3, 9)
     original = onnx.load(str(get(exporter)))
-    rewritten, _ = onnxpass.rewrite(onnx.load(str(get(exporter))), "l2norm,layernorm,gelu")
+    rewritten, _ = onnxpass.rewrite(onnx.load(str(get(exporter))),
+                                    "fold,l2norm,layernorm,gelu,attention")
     onnx.checker.check_model(rewritten, full_check=True)
 
     ops = Counter((n.domain, n.op_type) for n in rewritten.graph.node)
     assert ops[(DOMAIN, "L2NormPlugin")] == norms
     assert ops[("", "LayerNormalization")] == want.layernorm
     assert ops[("", "Gelu")] == want.gelu
+    assert ops[("", "Attention")] == attention_count(built) == 3
     assert not {op for _, op in ops} & DECOMPOSED, ops
 
     feeds = {"rgb": built.args[0].numpy()}

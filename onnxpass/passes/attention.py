@@ -10,7 +10,7 @@ in the forms exporters write:
   dynamo's Reshape(-1,L,d)-Transpose-Reshape(..,d,L), or a K given already transposed;
 - the scale as Mul or Div by a constant on the scores, on Q, on K (before or after its transpose),
   sqrt(scale) on both (TorchScript's scaled_dot_product_attention), or none: the fused scale is
-  the product of them all;
+  the product of them all; a factor per head ((H,1,1), MST++'s learnable rescale) goes onto Q;
 - additive terms on the scaled scores (a mask from (1 - m) * -10000, finfo.min or -inf, a
   relative-position bias, or both), and masking as Where(cond, scores, fill) or its inverse;
 - Softmax over the last axis (-1 or 3), between Casts or not (softmax in another precision, or
@@ -41,7 +41,7 @@ which gives the same scores for any |s| < 2^103. Batch and head dims that shape 
 unknown are taken to be equal (exporters' head splits make them so).
 
 Refused, with the reason shown by ``onnxpass match --explain``: Q/K/V of unknown rank or not 3-D
-or 4-D; a scale that is not a constant scalar; Softmax over another axis; Casts that change the
+or 4-D; a scale that is neither a constant scalar nor one factor per head; Softmax over another axis; Casts that change the
 output dtype; a Where fill other than -inf or float32's lowest value (an additive mask cannot
 reproduce a finite fill on a fully masked row); and in std and plugin form batch or head dims
 that MatMul broadcasts and Attention does not, a mask that broadcasts the scores to a bigger shape.
@@ -109,9 +109,10 @@ def check_attention(m: Match, form: str) -> MatchFailure | None:
                             f"expected all 3 or all 4")
     if m.attr("axis") not in (-1, r - 1):
         return MatchFailure(f"Softmax over axis {m.attr('axis')}, not the last one")
-    scale = _scale(m)
-    if isinstance(scale, MatchFailure):
-        return scale
+    scales = _scale(m, r)
+    if isinstance(scales, MatchFailure):
+        return scales
+    scale, head_scale = scales
     k_perm, kt_perm = _k_layout(m, r)
     if isinstance(k_perm, MatchFailure):
         return k_perm
@@ -120,7 +121,7 @@ def check_attention(m: Match, form: str) -> MatchFailure | None:
     out = m.attr("cast_out") if "cast_out" in m else sdt
     if out != dt or sdt not in FLOATS:
         return MatchFailure(f"Softmax runs in type {sdt} and returns {out}; Q is {dt}")
-    core = Core(r, scale, dt, sdt, k_perm, kt_perm, expand_mask=False)
+    core = Core(r, scale, dt, sdt, k_perm, kt_perm, expand_mask=False, head_scale=head_scale)
     for check in (_check_trt,) if form == "trt" else (_check_shapes, _check_fused):
         failure = check(m, core, form)
         if failure is not None:  # (a MatchFailure is falsy)
@@ -129,18 +130,29 @@ def check_attention(m: Match, form: str) -> MatchFailure | None:
     return None
 
 
-def _scale(m: Match) -> float | MatchFailure:
-    scale = 1.0
+def _scale(m: Match, rank: int) -> tuple[float, np.ndarray | None] | MatchFailure:
+    """The scalar scale, and a per-head factor (shape (1, H, 1, 1)) where a scale varies only
+    along the head axis (MST++'s learnable rescale): folded into Q, it scales each head's scores
+    alike. A scale on K before its transpose must be a scalar (its layout is not known here)."""
+    scale, head = 1.0, None
     for name in SCALES:
         if m.tag(name) == "none":
             continue
-        c = m.const(name)
-        if c.size != 1 or not np.isfinite(c).all() or float(c.reshape(-1)[0]) == 0:
-            return MatchFailure(f"{name} {c.reshape(-1)[:4].tolist()} is not a finite nonzero "
-                                f"scalar")
-        value = float(c.reshape(-1)[0])
-        scale = scale * value if m.tag(name) == "mul" else scale / value
-    return scale
+        c = m.const(name).astype(np.float64)
+        if not np.isfinite(c).all() or (c == 0).any():
+            return MatchFailure(f"{name} {c.reshape(-1)[:4].tolist()} is not finite and nonzero")
+        if c.size == 1:
+            value = float(c.reshape(-1)[0])
+            scale = scale * value if m.tag(name) == "mul" else scale / value
+            continue
+        per_head = c.reshape((1,) * (4 - c.ndim) + c.shape) if c.ndim <= 4 else None
+        if (rank != 4 or name == "k_scale" or per_head is None
+                or per_head.shape[0] != 1 or per_head.shape[2:] != (1, 1)):
+            return MatchFailure(f"{name} of shape {list(c.shape)} is neither a scalar nor one "
+                                f"factor per head")
+        factor = per_head if m.tag(name) == "mul" else 1.0 / per_head
+        head = factor if head is None else head * factor
+    return scale, head
 
 
 def _k_layout(m: Match, r: int) -> tuple[Any, list[int] | None]:
@@ -218,6 +230,8 @@ def _check_fused(m: Match, core: Core, form: str) -> MatchFailure | None:
 
 def _check_trt(m: Match, core: Core, form: str) -> MatchFailure | None:
     if m.tag("q_proj") == "proj":
+        if core.head_scale is not None:
+            return MatchFailure("a per-head scale is not folded into Q's projection")
         if core.scale == 1.0:
             return MatchFailure("no scale to fold into Q's projection")
         if math.frexp(core.scale)[0] != 0.5:

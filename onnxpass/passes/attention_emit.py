@@ -25,12 +25,15 @@ class Core:
     kt_perm: list[int] | None    # applied to k gives K^T; None: k already is
     expand_mask: bool            # std: attn_mask's last two dims are not known to be (S, L)
     raise_lowest: bool = False   # std: attn_mask may hold the dtype's lowest value (see emit)
+    head_scale: np.ndarray | None = None  # (1, H, 1, 1): one more factor per head, put on Q
 
 
 def emit_fused(op: RewriteBuilder, m: Match, form: str) -> str:
     """std: Attention(Q, K, V, attn_mask); plugin: AttentionPlugin(q, k, v, mask). 4-D."""
     c: Core = m.facts["core"]
     q, v = m["q"], m["v"]
+    if c.head_scale is not None:
+        q = op.Mul(q, op.const(c.head_scale.astype(helper.tensor_dtype_to_np_dtype(c.dtype))))
     k = m["k"] if c.k_perm is None else op.Transpose(m["k"], perm=c.k_perm)
     mask = _additive_mask(op, m, raise_lowest=form == "std")
     one = op.const(np.array([1], np.int64))
@@ -61,6 +64,9 @@ def emit_trt(op: RewriteBuilder, m: Match) -> str:
             q = op.Add(q, op.const(m.const("b_q") * _np(c.dtype, c.scale)))
         q = op.Transpose(op.Reshape(q, m["q_heads"], allowzero=m.attr("q_allowzero")),
                          perm=[0, 2, 1, 3])
+    elif c.head_scale is not None:
+        factor = (c.head_scale * c.scale).astype(helper.tensor_dtype_to_np_dtype(c.dtype))
+        q = op.Mul(m["q"], op.const(factor))
     else:
         q = m["q"] if c.scale == 1.0 else op.Mul(m["q"], op.const(_np(c.dtype, c.scale)))
     s = op.MatMul(q, m["k"] if c.kt_perm is None else op.Transpose(m["k"], perm=c.kt_perm))
