@@ -29,7 +29,7 @@ from onnxpass.plugins.kernels import aot_kernel, get_kernel  # noqa: E402
 from onnxpass.plugins.kernels import gelu as gelu_kernels  # noqa: E402
 from onnxpass.plugins.kernels import layernorm as ln_kernels  # noqa: E402
 from onnxpass.plugins.kernels.base import _driver_ptx_version, launch, np_dtype  # noqa: E402
-from onnxpass.plugins.kernels.check import TOLERANCES, sym, value  # noqa: E402
+from onnxpass.plugins.kernels.check import TOLERANCES, sym, tolerance, value  # noqa: E402
 from onnxpass.verify import error_stats  # noqa: E402
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -392,6 +392,112 @@ def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- AttentionPlugin: time against torch's scaled_dot_product_attention ---------------------
+
+# (model and shape, q, k (v like k), mask shape or None, mask kind)
+ATTENTION_CASES = [
+    ("ViT-B/16 64x197, padding mask", (64, 12, 197, 64), (64, 12, 197, 64), (64, 1, 1, 197)),
+    ("ViT-B/16 64x197, no mask", (64, 12, 197, 64), (64, 12, 197, 64), None),
+    ("DETR-R50 b8 encoder 850, padding mask", (8, 8, 850, 32), (8, 8, 850, 32), (8, 1, 1, 850)),
+    ("DETR-R50 b8 decoder cross 100x850, mask", (8, 8, 100, 32), (8, 8, 850, 32),
+     (8, 1, 1, 850)),
+    ("16x8x4096x64, no mask", (16, 8, 4096, 64), (16, 8, 4096, 64), None),
+]
+
+ATTENTION_SWEEP = {ATTENTION_CASES[i][0] for i in (0, 2, 4)}
+
+
+def attention_inputs(q: Any, k: Any, mask: Any, dtype: str) -> list[Any]:
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    t = getattr(torch, dtype)
+    ins = [torch.randn(s, generator=g, device="cuda").to(t) for s in (q, k, k)]
+    if mask is None:
+        return ins + [torch.zeros((), device="cuda", dtype=t)]
+    m = torch.zeros(mask, device="cuda", dtype=t)
+    for b in range(mask[0]):  # batch b pads its last (b * 7) % (L // 3) keys
+        n = (b * 7) % (mask[-1] // 3)
+        if n:
+            m[b, ..., -n:] = float("-inf")
+    return ins + [m]
+
+
+def attention_bench(sweep: bool) -> list[dict[str, Any]]:
+    import torch
+    import torch.nn.functional as F
+
+    from onnxpass.plugins.kernels import attention as att
+
+    out: list[dict[str, Any]] = []
+    for label, q, k, mask in ATTENTION_CASES:
+        for dtype in ("float32", "float16"):
+            r: dict[str, Any] = {"attention": True, "label": label, "dtype": dtype,
+                                 "q": list(q), "k": list(k), "mask": mask}
+            try:
+                ins = attention_inputs(q, k, mask, dtype)
+                attrs = {"scale": q[-1] ** -0.5}
+                values = get_plugin("AttentionPlugin").attr_values(attrs)
+                shapes, dts = [list(t.shape) for t in ins], [dtype] * 4
+                y = torch.empty(*q[:-1], k[-1], device="cuda", dtype=ins[0].dtype)
+                plan = att.plan(shapes, dts, values)
+                launch(plan, ins, [y])
+                torch.cuda.synchronize()
+                n = min(2, q[0])  # reference on the first batches
+                sub = [to_numpy(t[:n] if t.dim() and t.shape[0] > 1 else t) for t in ins]
+                want = att.reference(*sub, **values)[0]
+                r["jit"] = error_stats("y", want.astype(np.float32),
+                                       to_numpy(y[:n]).astype(np.float32),
+                                       *tolerance(get_kernel("AttentionPlugin"), dtype)
+                                       ).__dict__
+                am = None if mask is None else ins[3]
+                sdpa = lambda: F.scaled_dot_product_attention(  # noqa: E731
+                    ins[0], ins[1], ins[2], attn_mask=am, scale=attrs["scale"])
+                r["torch_ms"] = bench(sdpa)
+                r["jit_ms"] = bench(lambda: launch(plan, ins, [y]))
+                a = aot_kernel("AttentionPlugin", shapes, dts, attrs)
+                kern = Ptx(a.name, a.ptx, a.block, a.shared_mem)
+                ya = torch.full_like(y, float("nan"))
+                kern([int(g) for g in a.grid], [int(v) for v in a.args], ins, [ya])
+                torch.cuda.synchronize()
+                r["aot_equals_jit"] = bool(torch.equal(ya, y))
+                r["aot_ms"] = bench(lambda: kern([int(g) for g in a.grid],
+                                                 [int(v) for v in a.args], ins, [ya]))
+                r["shared_mem"] = a.shared_mem
+                flops = 2 * q[0] * q[1] * q[2] * k[2] * (q[3] + k[3])
+                for key in ("torch", "jit", "aot"):
+                    r[key + "_TFLOPs"] = flops / (r[key + "_ms"] * 1e-3) / 1e12
+                r["jit_vs_torch"] = r["torch_ms"] / r["jit_ms"]
+                if sweep and dtype == "float16" and label in ATTENTION_SWEEP:
+                    r["sweep"] = []
+                    for bm, bn, w in ((64, 32, 4), (64, 64, 4), (128, 64, 8), (128, 64, 4),
+                                      (128, 32, 8)):
+                        for st in (2, 3):
+                            for split in (True, False):
+                                c = {"block_m": bm, "block_n": bn, "num_warps": w,
+                                     "num_stages": st, "p_split": split}
+                                try:
+                                    pl = att.plan(shapes, dts, values, **c)
+                                    c["ms"] = bench(lambda: launch(pl, ins, [y]))
+                                except Exception as exc:
+                                    c["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                                r["sweep"].append(c)
+                    best = min((c for c in r["sweep"] if "ms" in c), key=lambda c: c["ms"])
+                    r["sweep_best"] = best
+            except Exception as exc:
+                r["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            out.append(r)
+            if "error" in r:
+                print(f"AttentionPlugin {label} {dtype}: ERROR {r['error']}", flush=True)
+            else:
+                print(f"AttentionPlugin {label:42} {dtype:8} torch {r['torch_ms']:.4f} ms "
+                      f"jit {r['jit_ms']:.4f} aot {r['aot_ms']:.4f} ({r['jit_vs_torch']:.2f}x "
+                      f"torch; {r['jit_TFLOPs']:.0f} TFLOP/s) rel max {r['jit']['rel_max']:.1e} "
+                      f"ok {r['jit']['within']} aot==jit {r['aot_equals_jit']} smem "
+                      f"{r['shared_mem']} best {r.get('sweep_best')}", flush=True)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("."))
@@ -399,6 +505,7 @@ def main() -> int:
     p.add_argument("--ptx-from", type=Path, help="also launch the PTX an --emit-ptx run wrote")
     p.add_argument("--sweep", action="store_true", help="time float16 launch configurations")
     p.add_argument("--plugins", help="only these plugins, comma-separated (default: all)")
+    p.add_argument("--attention", action="store_true", help="only AttentionPlugin, vs SDPA")
     args = p.parse_args()
     if args.plugins:
         CASES[:] = [c for c in CASES if c[0] in args.plugins.split(",")]
@@ -407,7 +514,11 @@ def main() -> int:
         emit_ptx(args.emit_ptx)
     else:
         args.out.mkdir(parents=True, exist_ok=True)
-        gpu(args.out, args.ptx_from, args.sweep)
+        if args.attention:
+            rows = attention_bench(args.sweep)
+            (args.out / "attention.json").write_text(json.dumps(rows, indent=1))
+        else:
+            gpu(args.out, args.ptx_from, args.sweep)
     print(f"{time.time() - t0:.0f} s", file=sys.stderr)
     return 0
 

@@ -5,6 +5,7 @@ kernels is in onnxpass/plugins/trt.py."""
 from onnxpass.plugins.kernels import gelu, layernorm  # noqa: F401
 from onnxpass.plugins.kernels import (add_bias_transpose, l2norm, mask2pos,  # noqa: F401
                                      masked_softmax)
+from onnxpass.plugins.kernels import attention  # noqa: F401
 from onnxpass.plugins.kernels.base import (AotKernel, Case, KernelSpec, Launch, aot_kernel,
                                            get_kernel, implementations, run)
 

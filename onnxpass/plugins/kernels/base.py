@@ -128,6 +128,7 @@ class Launch:
     constexprs: dict[str, Any]
     num_warps: int = 4
     aligned: tuple[int, ...] = ()
+    num_stages: int | None = None  # software pipelining depth; None: Triton's default
 
 
 @dataclass(frozen=True)
@@ -152,13 +153,16 @@ class KernelSpec:
     """Everything but the ONNX function: see the module docstring. ``reference(*inputs,
     **attrs)`` returns a tuple of outputs and defines the op's math (it computes in float64);
     ``plan`` is None while the op has no Triton kernel; ``dtypes`` are those the kernels take;
-    ``cases`` are the small shapes the tests run."""
+    ``cases`` are the small shapes the tests run; ``tolerances`` replace check.TOLERANCES
+    (rtol, atol) for some dtypes, where the op's float16 math is defined with a rounding (say
+    attention's probabilities, rounded to float16 before p v as the ONNX function does)."""
 
     plugin: str
     reference: Callable[..., tuple[np.ndarray, ...]]
     plan: Callable[..., Launch] | None = None
     dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")
     cases: tuple[Case, ...] = ()
+    tolerances: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def spec(self) -> PluginSpec:
@@ -235,8 +239,9 @@ def launch(plan: Launch, inputs: Sequence[Any], outputs: Sequence[Any]) -> None:
         raise RuntimeError("running kernels on the CPU needs TRITON_INTERPRET=1 set before "
                            "Triton is first imported (it decides then, for its own library too)")
     fn = plan.kernel.interpreted if interpret else plan.kernel.compiled
+    stages = {} if plan.num_stages is None else {"num_stages": plan.num_stages}
     fn[grid](*inputs, *(int(a) for a in plan.args), *outputs, num_warps=plan.num_warps,
-             **plan.constexprs)
+             **stages, **plan.constexprs)
 
 
 def _kernel(plugin: str) -> KernelSpec:
@@ -310,6 +315,8 @@ def aot_kernel(plugin: str, shapes: Sequence[Sequence[Dim]], dtypes: Sequence[st
             signature[name] = "constexpr"
     source = ASTSource(plan.kernel.compiled, signature, plan.constexprs, hints)
     options: dict[str, Any] = {"num_warps": plan.num_warps}
+    if plan.num_stages is not None:
+        options["num_stages"] = plan.num_stages
     if ptx_version is not None:
         options["ptx_version"] = ptx_version
     target = target or _this_gpu()

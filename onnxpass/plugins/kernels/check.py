@@ -51,8 +51,13 @@ def check(k: KernelSpec, inputs: list[np.ndarray], attrs: dict[str, Any], device
     spec = k.spec
     want = k.reference(*inputs, **spec.attr_values(attrs))
     got = run(k.plugin, *(to_torch(a, device) for a in inputs), **attrs)
-    return [error_stats(name, w.astype(np.float32), to_float32(g), *TOLERANCES[str(g.dtype)[6:]])
+    return [error_stats(name, w.astype(np.float32), to_float32(g),
+                        *tolerance(k, str(g.dtype)[6:]))
             for name, w, g in zip(spec.outputs, want, got)]
+
+
+def tolerance(k: KernelSpec, dtype: str) -> tuple[float, float]:
+    return k.tolerances.get(dtype, TOLERANCES[dtype])
 
 
 @dataclass(frozen=True)

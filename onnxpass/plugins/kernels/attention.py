@@ -1,0 +1,191 @@
+"""AttentionPlugin: NumPy reference and a Triton flash-attention kernel.
+
+y = softmax(scale * q k^T + mask) v over (B, H, S, d) x (B, Hkv, L, d) -> (B, H, S, dv), with
+Hkv = H or 1 and ``mask`` additive, broadcastable to (B, H, S, L) (a scalar, a key-padding
+(B, 1, 1, L), a causal (S, L), a bias (H, S, L), ...).
+
+``attention_fwd``: one program computes BLOCK_M rows of one (b, h): it walks the keys in tiles
+of BLOCK_N with an online softmax (running max and sum in float32, exp2 with log2(e) folded
+into the scale), so the S x L scores never reach memory. q k^T and p v are tensor-core dots in
+the input dtype with float32 accumulation (``ieee`` dots for float32, not tf32). The mask is
+read through broadcast strides (0 where its dim is 1): once for a scalar, one vector per key
+tile for a key-padding mask, a tile otherwise. A row whose scores are all -inf (fully masked)
+keeps its running max at 0 instead of -inf, so its probabilities and sum are 0 and its output
+0, as the reference's.
+
+float16: p is rounded to float16 for the p v dot, as in the ONNX function (which casts p to
+q's dtype before its MatMul) and torch's flash kernels: an absolute error up to about
+2^-11 max|v|, hence the float16 tolerance (1e-2, 2e-3) against the float64 reference.
+``plan(..., p_split=True)`` adds a second dot with p's rounding error (p = hi + lo): float32
+accuracy, 10 to 30% slower on an H100 (docs/plugins.md).
+
+The softmax runs in float32 for any ``softmax_precision`` the exporters write (FLOAT, FLOAT16,
+BFLOAT16: never less precise than asked); DOUBLE has no kernel. d and dv must be known when
+compiled (they are constexprs); B, S and L may be symbolic. Launch defaults come from a float16
+sweep on an H100 (bench/plugins.py --attention --sweep), kept within 48 KB of shared memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto
+
+from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, jit, next_pow2, prod,
+                                           np_dtype, register_kernel, static, tl)
+
+LOG2E = 1.4426950408889634
+
+
+def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, *, scale: float,
+              softmax_precision: int) -> tuple[np.ndarray]:
+    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+    s = scale * q64 @ np.swapaxes(k64, -1, -2) + mask.astype(np.float64)
+    m = s.max(axis=-1, keepdims=True)
+    m = np.where(np.isneginf(m), 0.0, m)  # a fully masked row: every p is 0
+    p = np.exp(s - m)
+    total = p.sum(axis=-1, keepdims=True)
+    p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+    return ((p @ v64).astype(q.dtype),)
+
+
+@jit
+def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
+                  SCALE: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, KV_SHARED: tl.constexpr, MASK: tl.constexpr,
+                  MASK_L: tl.constexpr, PRECISION: tl.constexpr, P_SPLIT: tl.constexpr):
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < S
+    dq, dv, cols = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV), tl.arange(0, BLOCK_N)
+    dq_ok, dv_ok = dq < D, dv < DV
+    kv = b if KV_SHARED else bh
+    q_base = q_ptr + bh.to(tl.int64) * S * D
+    k_base = k_ptr + kv.to(tl.int64) * L * D
+    v_base = v_ptr + kv.to(tl.int64) * L * DV
+    m_base = m_ptr + b.to(tl.int64) * msb + h.to(tl.int64) * msh
+    q = tl.load(q_base + rows[:, None] * D + dq[None, :],
+                mask=row_ok[:, None] & dq_ok[None, :], other=0.0)
+    if MASK == 1:  # a scalar
+        bias = tl.load(m_ptr).to(tl.float32) * 1.4426950408889634
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for start in range(0, L, BLOCK_N):
+        n = start + cols
+        n_ok = n < L
+        k = tl.load(k_base + n[None, :] * D + dq[:, None],
+                    mask=n_ok[None, :] & dq_ok[:, None], other=0.0)
+        s = tl.dot(q, k, input_precision=PRECISION) * SCALE
+        if MASK == 1:
+            s += bias
+        elif MASK == 2:  # the same for every query row (a key-padding mask): one vector
+            s += tl.load(m_base + n * MASK_L, mask=n_ok, other=0.0
+                         ).to(tl.float32)[None, :] * 1.4426950408889634
+        else:
+            s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
+                         mask=row_ok[:, None] & n_ok[None, :], other=0.0
+                         ).to(tl.float32) * 1.4426950408889634
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_safe)
+        p = tl.math.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + n[:, None] * DV + dv[None, :],
+                    mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None]
+        p_hi = p.to(v.dtype)
+        if P_SPLIT:  # p = p_hi + p_lo: p v as accurate as with p in float32
+            acc = tl.dot((p - p_hi.to(tl.float32)).to(v.dtype), v, acc)
+        acc = tl.dot(p_hi, v, acc, input_precision=PRECISION)
+        m_i = m_new
+    y = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(y_ptr + bh.to(tl.int64) * S * DV + rows[:, None] * DV + dv[None, :],
+             y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
+
+
+def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
+         block_m: int | None = None, block_n: int | None = None, num_warps: int | None = None,
+         p_split: bool = False, num_stages: int | None = None) -> Launch:
+    q, k, v, mask = shapes
+    if len(q) != 4 or len(k) != 4 or len(v) != 4 or len(mask) > 4:
+        raise ValueError(f"AttentionPlugin: q, k, v must be 4-d and mask at most 4-d: {shapes}")
+    if attrs["softmax_precision"] == TensorProto.DOUBLE:
+        raise ValueError("AttentionPlugin: no kernel computes the softmax in float64")
+    d, dv = static(q[3]), static(v[3])
+    if d is None or dv is None:
+        raise ValueError("AttentionPlugin: head sizes d and dv must be static")
+    B, H, S, L = q[0], q[1], q[2], k[2]
+    shared = static(k[1]) == 1 and static(H) != 1
+    m4 = [1] * (4 - len(mask)) + list(mask)
+    strides, acc = [], 1
+    for dim in reversed(m4):  # contiguous strides, 0 where the mask broadcasts
+        strides.insert(0, 0 if static(dim) == 1 else acc)
+        acc = prod([acc, dim])
+    fp32 = dtypes[0] == "float32"
+    mask_kind = (1 if all(static(x) == 1 for x in m4) else 2 if static(m4[2]) == 1 else 3)
+    long = (static(S) or 0) >= 1024 and max(d, dv) <= 64 and not fp32
+    bm = block_m or (128 if long else 64)
+    bn = block_n or (64 if long else 32)
+    stages = num_stages or (1 if fp32 else 2 if long or max(d, dv) > 64 else 3)
+    return Launch(
+        attention_fwd, grid=(cdiv(S, bm), prod([B, H])),
+        args=(H, S, L, strides[0], strides[1], strides[2]),
+        constexprs={"SCALE": float(attrs["scale"]) * LOG2E, "D": d, "DV": dv,
+                    "BLOCK_D": max(16, next_pow2(d)), "BLOCK_DV": max(16, next_pow2(dv)),
+                    "BLOCK_M": bm, "BLOCK_N": bn, "KV_SHARED": shared,
+                    "MASK": mask_kind, "MASK_L": 0 if static(m4[3]) == 1 else 1,
+                    "PRECISION": "ieee" if fp32 else "tf32", "P_SPLIT": p_split and not fp32},
+        num_warps=num_warps or (4 if bm <= 64 else 8), num_stages=stages)
+
+
+def _masked(kind: str) -> Any:
+    """q, k, v from N(0, 1) and a mask of this kind (with -inf entries), in the case's shapes."""
+    def make(dtype: str, rng: np.random.Generator) -> list[np.ndarray]:
+        (B, H, S, _), (_, _, L, _) = CASE_SHAPES[kind][:2]
+        t = np_dtype(dtype)
+        q, k, v = (rng.standard_normal(s).astype(t) for s in CASE_SHAPES[kind][:3])
+        if kind == "padding":  # keys past each batch's length masked; batch 1 row-wise too
+            m = np.zeros((B, 1, S, L))
+            for b in range(B):
+                m[b, :, :, L - 3 * b - 2:] = -np.inf
+            m[1, 0, 2, :] = -np.inf   # a fully masked row
+            m[1, 0, 4, ::2] = -np.inf
+        elif kind == "key_padding":  # (B, 1, 1, L): batch 1's last 4 keys masked
+            m = np.zeros((B, 1, 1, L))
+            m[1, ..., -4:] = -np.inf
+        elif kind == "causal":
+            m = np.triu(np.full((S, L), -np.inf), 1)
+        else:  # per-head bias, one head fully masked
+            m = rng.standard_normal((H, S, L))
+            m[1] = -np.inf
+        return [q, k, v, m.astype(t)]
+    return make
+
+
+CASE_SHAPES = {
+    "padding": ((2, 2, 7, 8), (2, 2, 9, 8), (2, 2, 9, 12), (2, 1, 7, 9)),
+    "key_padding": ((2, 2, 19, 32), (2, 2, 75, 32), (2, 2, 75, 32), (2, 1, 1, 75)),
+    "causal": ((1, 2, 70, 32), (1, 2, 70, 32), (1, 2, 70, 32), (70, 70)),
+    "bias_mqa": ((2, 3, 5, 16), (2, 1, 130, 16), (2, 1, 130, 16), (3, 5, 130)),
+}
+
+KERNELS = register_kernel(KernelSpec(
+    plugin="AttentionPlugin",
+    reference=reference,
+    plan=plan,
+    dtypes=("float32", "float16"),  # Triton's interpreter cannot run bfloat16 dots: untested
+    tolerances={"float16": (1e-2, 2e-3)},
+    cases=(
+        Case("no_mask", ((2, 3, 5, 16), (2, 3, 6, 16), (2, 3, 6, 16), ()), {"scale": 0.25},
+             make=lambda dt, rng: [*(rng.standard_normal(s).astype(np_dtype(dt)) for s in
+                                     ((2, 3, 5, 16), (2, 3, 6, 16), (2, 3, 6, 16))),
+                                   np.zeros((), np_dtype(dt))]),
+        *(Case(kind, s, {"scale": float(s[0][3]) ** -0.5}, make=_masked(kind))
+          for kind, s in CASE_SHAPES.items()),
+    ),
+))
