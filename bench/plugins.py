@@ -394,7 +394,7 @@ def markdown(env: dict[str, Any], results: list[dict[str, Any]]) -> str:
 
 # -- AttentionPlugin: time against torch's scaled_dot_product_attention ---------------------
 
-# (model and shape, q, k (v like k), mask shape or None, mask kind)
+# (model and shape, q, k (v like k), mask shape or None)
 ATTENTION_CASES = [
     ("ViT-B/16 64x197, padding mask", (64, 12, 197, 64), (64, 12, 197, 64), (64, 1, 1, 197)),
     ("ViT-B/16 64x197, no mask", (64, 12, 197, 64), (64, 12, 197, 64), None),
