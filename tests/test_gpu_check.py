@@ -50,3 +50,52 @@ def test_vit_tiny_in_plugin_form_matches_onnxruntime(tmp_path: Path, passes: str
         assert ran.get(op) == ["triton"] * n, (op, ran.get(op))
     assert all(h == "triton" or h.startswith("onnx-function") for hs in ran.values() for h in hs)
     assert r["segments"] >= 1 and all(s["rel_max"] <= 1e-4 for s in r["outputs"])
+
+
+def test_attention_p_split_meets_the_default_float16_tolerance() -> None:
+    """plan(p_split=True): p v with p = hi + lo in float16, as accurate as float32 p: within
+    check.TOLERANCES' float16 (1e-2, 1e-4), which the default (p rounded) is not held to."""
+    code = (
+        "import numpy as np\n"
+        "from onnxpass.plugins.kernels import get_kernel\n"
+        "from onnxpass.plugins.kernels import attention as att\n"
+        "from onnxpass.plugins.kernels.base import launch\n"
+        "from onnxpass.plugins.kernels.check import TOLERANCES, to_torch, to_float32\n"
+        "from onnxpass.verify import error_stats\n"
+        "import torch\n"
+        "k = get_kernel('AttentionPlugin')\n"
+        "for c in k.cases:\n"
+        "    ins = c.inputs('float16')\n"
+        "    attrs = k.spec.attr_values(c.attrs)\n"
+        "    want = k.reference(*ins, **attrs)[0]\n"
+        "    ts = [to_torch(a) for a in ins]\n"
+        "    y = torch.empty(want.shape, dtype=torch.float16)\n"
+        "    launch(att.plan([list(a.shape) for a in ins], ['float16'] * 4, attrs,\n"
+        "                    p_split=True), ts, [y])\n"
+        "    s = error_stats('y', want.astype(np.float32), to_float32(y),\n"
+        "                    *TOLERANCES['float16'])\n"
+        "    print(c.name, s.within)\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    rows = [line.split() for line in p.stdout.splitlines()]
+    assert rows and all(ok == "True" for _, ok in rows), (p.stdout, p.stderr[-2000:])
+
+
+def test_attention_plan_with_a_symbolic_batch_and_sequence() -> None:
+    """TensorRT's dynamic batch and sequence: grid and int32 arguments evaluate to the plan for
+    the concrete shapes (a key-padding mask: strides B and L symbolic)."""
+    from onnxpass.plugins import get_plugin
+    from onnxpass.plugins.kernels import get_kernel
+    from onnxpass.plugins.kernels.check import sym
+
+    k, values = get_kernel("AttentionPlugin"), get_plugin("AttentionPlugin").attr_values({})
+    b, s = sym("b"), sym("s")
+    p = k.plan([[b, 12, s, 64], [b, 12, s, 64], [b, 12, s, 64], [b, 1, 1, s]],
+               ["float16"] * 4, values)
+    for batch, seq in ((2, 197), (8, 128), (3, 1000)):
+        q = k.plan([[batch, 12, seq, 64]] * 3 + [[batch, 1, 1, seq]], ["float16"] * 4, values)
+        env = {"b": batch, "s": seq}
+        assert [g.value(env) if hasattr(g, "value") else g for g in p.grid] == list(q.grid)
+        assert [a.value(env) if hasattr(a, "value") else a for a in p.args] == list(q.args)
+        assert p.kernel is q.kernel and p.constexprs["MASK"] == q.constexprs["MASK"] == 2

@@ -17,12 +17,13 @@ float16: p is rounded to float16 for the p v dot, as in the ONNX function (which
 q's dtype before its MatMul) and torch's flash kernels: an absolute error up to about
 2^-11 max|v|, hence the float16 tolerance (1e-2, 2e-3) against the float64 reference.
 ``plan(..., p_split=True)`` adds a second dot with p's rounding error (p = hi + lo): float32
-accuracy, 10 to 30% slower on an H100 (docs/plugins.md).
+accuracy, 7 to 30% slower on an H100 (docs/plugins.md).
 
 The softmax runs in float32 for any ``softmax_precision`` the exporters write (FLOAT, FLOAT16,
 BFLOAT16: never less precise than asked); DOUBLE has no kernel. d and dv must be known when
-compiled (they are constexprs); B, S and L may be symbolic. Launch defaults come from a float16
-sweep on an H100 (bench/plugins.py --attention --sweep), kept within 48 KB of shared memory.
+compiled (they are constexprs); B, S and L may be symbolic. A mask dim broadcasts when it is a
+static 1; a symbolic one must equal the scores' dim at run time. Launch defaults come from a
+float16 sweep on an H100 (bench/plugins.py --attention --sweep), within 48 KB of shared memory.
 """
 
 from __future__ import annotations
