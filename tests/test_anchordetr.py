@@ -93,6 +93,28 @@ def test_anchordetr_plugins(anchordetr: AnchorDETRExports, exporter: str) -> Non
     assert_same_outputs(original, rewritten, anchordetr.feeds())
 
 
+# Of the 5 softmaxes, 3 are attentions (each RCDA's column weights times V, and the decoder's
+# self-attention); RCDA's row weights then contract another axis of that result, which no
+# attention op expresses, and are masked softmaxes.
+ATTENTIONS = 3
+
+
+@pytest.mark.parametrize("pipeline", ["default", "plugins"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_anchordetr_pipelines(anchordetr: AnchorDETRExports, exporter: str, pipeline: str) -> None:
+    """Every attention and every masked softmax fused in the shipped pipelines; TorchScript's
+    mask.expand(scores.shape) needs shape_of to free the scores."""
+    original = onnx.load(str(anchordetr.export(exporter)))
+    rewritten, _ = rewrite(original, pipeline)
+    got = ops(rewritten)
+    plugin = pipeline == "plugins"
+    assert got["AttentionPlugin" if plugin else "Attention"] == ATTENTIONS, got
+    if plugin:
+        assert got["MaskedSoftmaxPlugin"] == anchordetr.counts.masked_softmax - 2, got
+        assert (got["Mask2PosPlugin"], got["CumSum"]) == (anchordetr.counts.mask2pos, 0), got
+    assert_same_outputs(original, rewritten, anchordetr.feeds())
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_anchordetr_std_drops_full_size_masks(anchordetr: AnchorDETRExports,
                                               exporter: str) -> None:

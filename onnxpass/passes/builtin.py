@@ -5,6 +5,8 @@ from onnxpass.passes import attention  # noqa: F401
 from onnxpass.passes import l2norm  # noqa: F401
 from onnxpass.passes import mask2pos, masked_softmax  # noqa: F401
 from onnxpass.passes import add_bias_transpose, const_slice, matmul2d, tile  # noqa: F401
+from onnxpass.passes import shape_of  # noqa: F401
+from onnxpass.passes import fp16  # noqa: F401
 from onnxpass.passes.base import register_pipeline
 
 register_pipeline("cleanup", ["noop", "cse", "dce"])
@@ -14,13 +16,13 @@ register_pipeline("cleanup", ["noop", "cse", "dce"])
 # attention before masked_softmax (attention claims a masked softmax inside an attention block)
 # and before add_bias_transpose/matmul2d (it needs the Q/K/V MatMul+Add form intact).
 register_pipeline("default", [
-    "fold", "noop", "cse", "tile", "const_slice", "layernorm", "gelu", "attention",
+    "fold", "noop", "cse", "tile", "const_slice", "shape_of", "layernorm", "gelu", "attention",
     "masked_softmax=std", "add_bias_transpose", "matmul2d", "dce",
 ])
 
 # Everything, plugin forms where a pass has one: for engines built with onnxpass's plugins.
 register_pipeline("plugins", [
-    "fold", "noop", "cse", "tile", "const_slice", "layernorm=plugin", "gelu=plugin", "l2norm",
-    "mask2pos", "attention=plugin", "masked_softmax=plugin", "add_bias_transpose=plugin",
-    "matmul2d", "dce",
+    "fold", "noop", "cse", "tile", "const_slice", "shape_of", "layernorm=plugin", "gelu=plugin",
+    "l2norm", "mask2pos", "attention=plugin", "masked_softmax=plugin",
+    "add_bias_transpose=plugin", "matmul2d", "dce",
 ])

@@ -1,0 +1,41 @@
+"""shape_of: Shape(MatMul(a, b)) -> Concat(Shape(a)[:-1], Shape(b)[-1:]).
+
+Exporters size a mask by the attention scores it is added to (``mask.expand(scores.shape)``), so
+the scores feed a Shape node and no fusion can swallow them. The shape of a product is known from
+its operands' shapes when their ranks are equal and their batch dims are known equal (no
+broadcasting); the MatMul stays for its other users. Refused otherwise: a broadcasting batch dim
+would make Shape(a)[:-2] differ from the product's.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxpass.passes.base import PatternPass, register
+from onnxpass.patterns import Match, MatchFailure, Rule
+
+
+def _check(m: Match) -> MatchFailure | None:
+    sa, sb = m.shape("a"), m.shape("b")
+    if sa is None or sb is None or len(sa) != len(sb) or len(sa) < 2:
+        return MatchFailure(f"operand shapes {sa} and {sb}: need equal ranks >= 2")
+    for da, db in zip(sa[:-2], sb[:-2]):
+        if da is None or da != db:
+            return MatchFailure(f"batch dims {sa[:-2]} and {sb[:-2]} are not known equal")
+    return None
+
+
+def _rewrite(op, m: Match) -> str:  # type: ignore[no-untyped-def]
+    i64 = lambda *v: op.const(np.array(v, np.int64))  # noqa: E731
+    lead = op.Slice(op.Shape(m["a"]), i64(0), i64(-1))
+    last = op.Slice(op.Shape(m["b"]), i64(-1), i64(np.iinfo(np.int64).max))
+    return op.Concat(lead, last, axis=0)
+
+
+@register
+class ShapeOf(PatternPass):
+    name = "shape_of"
+    summary = "Shape(MatMul(a, b)) -> Concat(Shape(a)[:-1], Shape(b)[-1:]) (frees the product)"
+
+    def rules(self) -> list[Rule]:
+        return [Rule("shape-of-matmul", lambda op, a, b: op.Shape(op.MatMul(a, b).shared()),
+                     _rewrite, check=_check)]
