@@ -1,0 +1,258 @@
+"""fp16: run a float32 model in float16, keeping chosen ops in float32.
+
+Every float32 tensor a node computes becomes float16, except in float32 *islands*: nodes that are
+pinned, by default
+
+- the normalizations: LayerNormalization, Group/Instance/RMSNormalization, and every decomposed
+  LayerNorm the ``layernorm`` pattern finds (its ReduceMean/Pow/Sqrt/Div chain, eps 1e-12 included);
+- Softmax and LogSoftmax (the sum of exponentials overflows float16);
+- an attention mask built from a constant beyond float16's range (float32's min): the elementwise
+  chain from that constant to the scores it is added to. In float32, score + min saturates to min,
+  so a fully masked row stays uniform as in torch; float16's -65504 would not absorb the score;
+- plugin nodes whose spec lacks float16, and ops whose schema does not allow float16 (an input the
+  schema fixes to float32, like Resize's scales, stays float32 on its own), unknown custom ops,
+  nodes with subgraphs or with a value of unknown type.
+
+More pins: ``keep_ops`` (op types), ``keep_nodes`` (node names, or first output for unnamed nodes),
+a pin-list file (``pins=PATH`` or the ``ONNXPASS_FP16_PINS`` environment variable; one entry a line:
+``op:TYPE``, ``node:NAME`` or a bare node name; ``#`` starts a comment) as ``onnxpass debug precision``
+writes it.
+
+Forms: ``mixed`` (default) pins the above; ``all`` pins only what cannot be float16 plus explicit pins.
+
+Casts: one Cast per value and direction, only where a float32 island meets float16 (shared by all
+consumers). Float32 constants used by float16 nodes become float16 initializers (clipped to
++-65504, infinities kept); a pinned node keeps reading the float32 original. ``Cast(to=float)``
+in a float16 region casts to float16 instead. Graph inputs and outputs stay float32 (a Cast at
+each): callers feed and read what they did before, and ``keep_io_types=False`` makes them float16.
+Boundary Casts carry metadata ``onnxpass.fp16=boundary`` so a second run leaves them alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from onnxpass.graph import Graph, Node, _subgraph_captures
+from onnxpass.passes.base import Pass, PassContext, register
+from onnxpass.passes.layernorm import layernorm_pattern
+from onnxpass.patterns import Rule
+from onnxpass.patterns.matcher import Tracer
+
+F, H = TensorProto.FLOAT, TensorProto.FLOAT16
+FP16_MAX = 65504.0
+DEFAULT_KEEP_OPS = frozenset({"LayerNormalization", "GroupNormalization", "InstanceNormalization",
+                              "RMSNormalization", "Softmax", "LogSoftmax"})
+BOUNDARY = {"onnxpass.fp16": "boundary"}
+_MASK_OPS = frozenset({"Add", "Sub", "Mul", "Where", "Min", "Max", "Neg", "Cast", "Expand",
+                       "Reshape", "Unsqueeze", "Squeeze", "Slice", "Concat", "Tile", "Transpose"})
+_LAYERNORM = Rule("fp16-layernorm", layernorm_pattern, rewrite=lambda op, m: m["x"])
+
+
+def read_pins(path: str | os.PathLike[str]) -> tuple[set[str], set[str]]:
+    """A pin-list file -> (op types, node names)."""
+    ops, nodes = set(), set()
+    for line in Path(path).read_text().splitlines():
+        entry = line.split("#", 1)[0].strip()
+        kind, sep, value = entry.partition(":")
+        if not entry:
+            continue
+        if sep and kind == "op":
+            ops.add(value.strip())
+        else:
+            nodes.add(value.strip() if sep and kind == "node" else entry)
+    return ops, nodes
+
+
+def node_key(n: Node) -> str:
+    return n.name or n.outputs[0]
+
+
+@register
+class Float16(Pass):
+    name = "fp16"
+    summary = "float32 -> float16 with float32 islands (normalizations, Softmax, pins)"
+    forms = ("mixed", "all")
+    default_form = "mixed"
+
+    def __init__(self, form: str | None = None, *, keep_ops: set[str] | frozenset[str] = frozenset(),
+                 keep_nodes: set[str] | frozenset[str] = frozenset(), pins: str | None = None,
+                 keep_io_types: bool = True) -> None:
+        super().__init__(form)
+        self.keep_ops = set(keep_ops) | (set(DEFAULT_KEEP_OPS) if self.form == "mixed" else set())
+        self.keep_nodes = set(keep_nodes)
+        pins = pins or os.environ.get("ONNXPASS_FP16_PINS")
+        if pins:
+            ops, nodes = read_pins(pins)
+            self.keep_ops |= ops
+            self.keep_nodes |= nodes
+        self.keep_io_types = keep_io_types
+
+    def run(self, ctx: PassContext) -> int:
+        g = ctx.graph
+        nodes = list(g.toposort())
+        pinned = self._pinned(g, nodes)
+        half = {id(n): outs for n in nodes if id(n) not in pinned
+                and (outs := _half_outputs(g, n)) is not None}
+        if not any(half.values()):
+            return 0
+        new_dtype = {o: H for n in nodes if id(n) in half for o in half[id(n)]}
+        # A float16 graph output is computed under a fresh name and cast back to its own name.
+        renamed = {o: g.fresh_name(o) for o in new_dtype if g.is_output(o) and self.keep_io_types}
+        if not self.keep_io_types:
+            outs = [vi for vi in g.model.graph.output if vi.name in new_dtype]
+            for vi in [*g.model.graph.input, *outs]:
+                if vi.type.tensor_type.elem_type == F and not g.is_const(vi.name):
+                    vi.type.tensor_type.elem_type = new_dtype[vi.name] = H
+                    _retype(g, vi.name, H)
+        casts: dict[tuple[str, int], str] = {}
+
+        def value(v: str, want: int | None) -> str:
+            """``v`` as the consumer wants it: float16 (H), float32 (F) or as it is (None)."""
+            v = renamed.get(v, v)
+            have = new_dtype.get(v, g.dtype(v))
+            if want is None or not v or have == want:
+                return v
+            if (v, want) not in casts:
+                if want == H and g.is_const(v) and not g.is_output(v):
+                    casts[v, want] = g.add_initializer(_to_half(g.const_value(v)), v)
+                else:
+                    out = g.fresh_name(v)
+                    _retype(g, out, want, like=v)
+                    g.replace([], [], [Node("Cast", [v], [out], {"to": helper.make_attribute(
+                        "to", want)}, name=g.fresh_name("cast"), metadata=BOUNDARY)], [])
+                    casts[v, want] = out
+            return casts[v, want]
+
+        for n in nodes:
+            outs = half.get(id(n))
+            ins, attrs = list(n.inputs), dict(n.attrs)
+            extra: list[Node] = []
+            if outs is None:  # float32 island: every float16 input is cast back
+                ins = [i if i in renamed else value(i, F if new_dtype.get(i) == H else None)
+                       for i in ins]
+            else:
+                ins = [value(i, H if k in _half_inputs(g, n) else None) for k, i in enumerate(ins)]
+                if n.op_type == "Cast" and n.attrs["to"].i == F:
+                    attrs["to"] = helper.make_attribute("to", H)
+                for k, o in enumerate(n.outputs):
+                    if o in renamed:
+                        _retype(g, renamed[o], H, like=o)
+                        extra.append(Node("Cast", [renamed[o]], [o], {"to": helper.make_attribute(
+                            "to", F)}, name=g.fresh_name("cast"), metadata=BOUNDARY))
+                    elif o in outs:
+                        _retype(g, o, H)
+            if ins == n.inputs and attrs == n.attrs and not extra and not outs:
+                continue
+            outputs = [renamed.get(o, o) for o in n.outputs]
+            g.replace([n], n.outputs, [Node(n.op_type, ins, outputs, attrs, domain=n.domain,
+                                            name=n.name, metadata=n.metadata,
+                                            doc_string=n.doc_string), *extra], n.outputs)
+        return sum(1 for outs in half.values() if outs)
+
+    def _pinned(self, g: Graph, nodes: list[Node]) -> set[int]:
+        pinned = {id(n) for n in nodes if n.op_type in self.keep_ops or node_key(n) in
+                  self.keep_nodes or n.name in self.keep_nodes}
+        if self.form == "mixed":
+            for n in nodes:
+                if _LAYERNORM.roots is None or n.op_type in _LAYERNORM.roots:
+                    for m in _LAYERNORM.matches_at(g, n, Tracer()):
+                        pinned.update(id(x) for x in m.nodes)
+        tainted = {v for n in nodes for v in n.inputs if _beyond_half(g, v)}
+        for n in nodes:  # an additive mask with float32's min stays float32 up to its Softmax
+            if n.op_type in _MASK_OPS and tainted.intersection(n.inputs):
+                pinned.add(id(n))
+                tainted.update(n.outputs)
+        for n in nodes:  # a value a subgraph reads from outside stays float32
+            for v in _subgraph_captures(n) if n.attrs else ():
+                if v in g.producer:
+                    pinned.add(id(g.producer[v]))
+        return pinned
+
+
+def _beyond_half(g: Graph, v: str) -> bool:
+    if not v or g.dtype(v) != F or not g.is_const(v):
+        return False
+    a = g.const_value(v)
+    return a is not None and bool(np.any(np.abs(a[np.isfinite(a)]) > FP16_MAX))
+
+
+def _half_outputs(g: Graph, n: Node) -> set[str] | None:
+    """The float32 outputs ``n`` computes in float16, or None when ``n`` must stay float32."""
+    if n.metadata.get("onnxpass.fp16") == "boundary" or n.op_type == "Constant":
+        return set()
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for a in n.attrs.values()):
+        return None
+    if any(v and g.dtype(v) is None for v in [*n.inputs, *n.outputs]):
+        return None
+    f32_out = {o for o in n.outputs if o and g.dtype(o) == F}
+    if n.op_type == "Cast" and n.domain == "":
+        return f32_out
+    half_params = _half_params(g, n)
+    if half_params is None:
+        return None
+    in_params, out_params = half_params
+    for o, p in zip(n.outputs, out_params):
+        # An output typed by an attribute (RandomNormal's dtype) or fixed to float32 stays so.
+        if o in f32_out and (p is None or p not in {q for i, q in zip(n.inputs, in_params)
+                                                     if g.dtype(i) == F}):
+            return None
+    return f32_out
+
+
+def _half_inputs(g: Graph, n: Node) -> set[int]:
+    """Indices of the float32 inputs of a float16 node that become float16."""
+    if n.op_type == "Cast" and n.domain == "":
+        return set()
+    params = _half_params(g, n)
+    ins = params[0] if params else []
+    return {k for k, (i, p) in enumerate(zip(n.inputs, ins)) if p is not None and i
+            and g.dtype(i) == F}
+
+
+def _half_params(g: Graph, n: Node) -> tuple[list[str | None], list[str | None]] | None:
+    """For each input and output, the type parameter it shares with others if float16 is
+    allowed there (None where it is fixed or float16 is not allowed); None for unknown ops."""
+    if n.domain not in ("", "ai.onnx"):
+        from onnxpass.plugins.base import DOMAIN, get_plugin
+
+        try:
+            spec = get_plugin(n.op_type) if n.domain == DOMAIN else None
+        except KeyError:
+            spec = None
+        if spec is None:
+            return None
+        p = lambda name: "T" if name not in spec.io_dtypes and "float16" in spec.dtypes \
+            else None  # noqa: E731
+        ins = [p(x) for x in spec.inputs] + [None] * len(n.inputs)
+        return ins[:len(n.inputs)], [p(x) for x in spec.outputs]
+    try:
+        schema = onnx.defs.get_schema(n.op_type, g.opset(), "")
+    except Exception:
+        return None
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+
+    def param(formals, k: int) -> str | None:  # type: ignore[no-untyped-def]
+        if not formals:
+            return None
+        f = formals[min(k, len(formals) - 1)]
+        return f.type_str if "tensor(float16)" in allowed.get(f.type_str, ()) else None
+
+    return ([param(schema.inputs, k) for k in range(len(n.inputs))],
+            [param(schema.outputs, k) for k in range(len(n.outputs))])
+
+
+def _to_half(a: np.ndarray | None) -> np.ndarray:
+    assert a is not None
+    return np.where(np.isinf(a), a, np.clip(a, -FP16_MAX, FP16_MAX)).astype(np.float16)
+
+
+def _retype(g: Graph, v: str, elem: int, like: str | None = None) -> None:
+    shape = g.shape(like or v)
+    g.types[v] = helper.make_tensor_type_proto(elem, None if shape is None else list(shape))
+
