@@ -1,4 +1,4 @@
-"""The ``onnxpass`` command line: run, list, match.
+"""The ``onnxpass`` command line: run, list, match, plugins, build, bench.
 
 User mistakes print one line (``onnxpass: error: ...``) and exit 2, writing nothing.
 """
@@ -83,6 +83,27 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--atol", type=float)
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
+
+    c = sub.add_parser("compare", help="run two models on the same inputs and compare outputs")
+    c.add_argument("a", help="reference model (.onnx)")
+    c.add_argument("b", help="model to compare with it (.onnx)")
+    c.add_argument("--inputs", help=".npz of inputs (default: random)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="value of a symbolic input dim for random inputs (default 2)")
+    c.add_argument("--rtol", type=float, default=1e-3)
+    c.add_argument("--atol", type=float, default=1e-4)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+    from onnxpass.trt_build import bench, build
+
+    b = sub.add_parser("build", help="build a TensorRT engine (and ENGINE.json: how it was built)")
+    build.add_arguments(b)
+    b.set_defaults(func=build.main_build)
+    bn = sub.add_parser("bench", help="time a TensorRT engine (or an .onnx in ONNX Runtime)")
+    bench.add_arguments(bn)
+    bn.set_defaults(func=bench.main_bench)
     return p
 
 
@@ -293,6 +314,21 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print("    implementations: " + ", ".join(
             i if why == "ok" else f"{i} ({why})" for i, why in r["implementations"].items()))
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0 when every output is within --atol/--rtol, 1 when one is not."""
+    from onnxpass.compare import compare
+
+    rows = compare(args.a, args.b, inputs=args.inputs, seed=args.seed,
+                   dims=_parse_dims(args.dim), rtol=args.rtol, atol=args.atol)
+    ok = all(r.stats.within for r in rows)
+    if args.json:
+        print(json.dumps({"ok": ok, "rtol": args.rtol, "atol": args.atol,
+                          "outputs": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        print("\n".join(r.line() for r in rows))
+    return 0 if ok else EXIT_VERIFY_FAILED
 
 
 if __name__ == "__main__":
