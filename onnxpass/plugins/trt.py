@@ -34,7 +34,8 @@ _REGISTERED: set[str] = set()
 
 def missing() -> str | None:
     """Why TensorRT plugins cannot be registered here, or None."""
-    if importlib.util.find_spec("tensorrt") is None:
+    spec = importlib.util.find_spec("tensorrt")
+    if spec is None or spec.origin is None:  # origin None: a namespace (tensorrt-stubs only)
         return "tensorrt not installed"
     return None
 
@@ -88,6 +89,8 @@ def _register(trtp: Any, pid: str, spec: PluginSpec, k: KernelSpec, jit: bool, a
     touts = Tuple[tuple([trtp.Tensor] * len(spec.outputs))]  # type: ignore[misc]
     to_trt = {d: getattr(trt, d) for d in TRT_TYPES if hasattr(trt, d)}  # trt.float32, ...
     from_trt = {v: d for d, v in to_trt.items()}
+    plan_of = k.plan
+    assert plan_of is not None  # register() skips kernels without a plan
 
     def attrs_of(values: Sequence[Any]) -> dict[str, Any]:
         return spec.attr_values(dict(zip(names, values)))
@@ -108,7 +111,7 @@ def _register(trtp: Any, pid: str, spec: PluginSpec, k: KernelSpec, jit: bool, a
         dtypes = [from_trt[t.dtype] for t in inputs]
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             ins = [_as_torch(t, d) for t, d in zip(inputs, dtypes)]
-            plan = k.plan([list(t.shape) for t in ins], dtypes, attrs_of(args[n_in:-1]))
+            plan = plan_of([list(t.shape) for t in ins], dtypes, attrs_of(args[n_in:-1]))
             launch(plan, ins, [_as_torch(t, from_trt[t.dtype]) for t in outputs])
 
     def aot_impl(*args: Any) -> Any:
