@@ -96,6 +96,21 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 
+    d = sub.add_parser("debug", help="debug precision MODEL --tol T: find the nodes to keep "
+                                     "float32 for the fp16 pass; writes a pin list")
+    d.add_argument("what", choices=["precision"])
+    d.add_argument("model")
+    d.add_argument("--tol", type=float, required=True,
+                   help="allowed error, relative to each element and to the output's max")
+    d.add_argument("-o", "--output", help="pin list to write (default: MODEL.fp16pins.txt)")
+    d.add_argument("--form", choices=["mixed", "all"], default="mixed",
+                   help="fp16 form the pins add to (default: mixed)")
+    d.add_argument("--inputs", help=".npz of inputs (default: random)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--dim", action="append", default=[], metavar="NAME=N")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_debug)
+
     from onnxpass.trt_build import bench, build
 
     b = sub.add_parser("build", help="build a TensorRT engine (and ENGINE.json: how it was built)")
@@ -329,6 +344,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print("\n".join(r.line() for r in rows))
     return 0 if ok else EXIT_VERIFY_FAILED
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    from onnxpass.debug_precision import debug_precision
+    from onnxpass.verify import load_inputs, random_inputs
+
+    src = Path(args.model)
+    out = Path(args.output) if args.output else src.with_name(src.stem + ".fp16pins.txt")
+    model = _load(str(src)).model
+    feeds = load_inputs(args.inputs) if args.inputs else random_inputs(
+        model, args.seed, _parse_dims(args.dim))
+    progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
+    r = debug_precision(src, args.tol, out, feeds, args.form, progress)
+    if args.json:
+        print(json.dumps({"ok": r.ok, "pins": r.pins, "runs": r.runs, "worst": r.worst,
+                          "output": str(out)}, indent=2))
+    else:
+        print(f"{len(r.pins)} node(s) to keep float32 ({r.runs} runs): {', '.join(r.pins) or '-'}")
+        print("; ".join(f"{k}: max error {v:.3g} of max |ref|" for k, v in r.worst.items()))
+        print(f"wrote {out}" + ("" if r.ok else " (tolerance not reached even all float32)"))
+    return 0 if r.ok else EXIT_VERIFY_FAILED
 
 
 if __name__ == "__main__":

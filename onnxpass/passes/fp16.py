@@ -9,7 +9,8 @@ pinned, by default
 - an attention mask built from a constant beyond float16's range (float32's min): the elementwise
   chain from that constant to the scores it is added to. In float32, score + min saturates to min,
   so a fully masked row stays uniform as in torch; float16's -65504 would not absorb the score;
-- plugin nodes whose spec lacks float16, and ops whose schema does not allow float16 (an input the
+- plugin nodes whose spec lacks float16 (or at opset < 15, where reference bodies are float32-only),
+  and ops whose schema does not allow float16 (an input the
   schema fixes to float32, like Resize's scales, stays float32 on its own), unknown custom ops,
   nodes with subgraphs or with a value of unknown type.
 
@@ -225,7 +226,7 @@ def _half_params(g: Graph, n: Node) -> tuple[list[str | None], list[str | None]]
             spec = get_plugin(n.op_type) if n.domain == DOMAIN else None
         except KeyError:
             spec = None
-        if spec is None:
+        if spec is None or g.opset() < 15:  # bodies are float32-only before CastLike (15)
             return None
         p = lambda name: "T" if name not in spec.io_dtypes and "float16" in spec.dtypes \
             else None  # noqa: E731

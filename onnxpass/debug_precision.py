@@ -1,0 +1,149 @@
+"""``onnxpass debug precision MODEL --tol T``: which nodes must stay float32.
+
+The float16 model (the ``fp16`` pass, form ``mixed`` or ``all``) runs against the float32 model on the same feeds; an output is within T when every element satisfies
+``|h - f| <= T * |f| + T * max|f|`` (:func:`onnxpass.verify.error_stats` with atol at the output's
+scale: elementwise relative error means nothing for elements near zero).
+
+Search: while the model fails, binary-search the shortest prefix (in topological order) of the
+nodes not yet pinned whose pinning makes it pass; the prefix's last node is needed, so pin it and
+go on. Each pin costs about log2(n) runs. The result is a pin list the fp16 pass reads
+(``Float16(pins=PATH)`` or ``ONNXPASS_FP16_PINS``): one ``node:NAME`` a line.
+
+The runner is ONNX Runtime on :func:`simulate_float16` of the float16 graph: ORT's CPU provider
+lacks float16 kernels for most ops, runs them in float32 and keeps float32 values along chains of
+such nodes, so the float16 graph itself would look far more accurate than a float16 engine is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxpass.api import rewrite
+from onnxpass.errors import OnnxpassError
+from onnxpass.graph import Graph
+from onnxpass.passes.fp16 import Float16, _half_outputs, node_key
+from onnxpass.verify import error_stats, random_inputs, run
+
+
+@dataclass
+class PrecisionResult:
+    pins: list[str]
+    ok: bool                      # within tol with the pins
+    runs: int
+    worst: dict[str, float] = field(default_factory=dict)  # per output, max err / max |ref|
+
+    def pin_file(self, tol: float, form: str) -> str:
+        head = f"# onnxpass debug precision: float32 pins for fp16={form}, tol {tol:g}\n"
+        return head + "".join(f"node:{p}\n" for p in self.pins)
+
+
+def simulate_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A float32 model computing what the float16 ``model`` computes when every node rounds its
+    output to float16: each op runs in float32, each float16 value goes through
+    Cast(to float16) -> Cast(to float32), float16 initializers are widened exactly. ONNX Runtime
+    keeps such Cast pairs; it does not keep the float16 values of a float16 graph on CPU."""
+    H, F = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    m = onnx.shape_inference.infer_shapes(model)
+    half = {v.name for v in [*m.graph.value_info, *m.graph.output, *m.graph.input]
+            if v.type.tensor_type.elem_type == H}
+    for t in m.graph.initializer:
+        if t.data_type == H:
+            t.CopyFrom(onnx.numpy_helper.from_array(
+                onnx.numpy_helper.to_array(t).astype(np.float32), t.name))
+    nodes = []
+    for n in m.graph.node:
+        for a in n.attribute:
+            if n.op_type == "Cast" and a.name == "to" and a.i == H:
+                a.i = F
+            if n.op_type == "Constant" and a.name == "value" and a.t.data_type == H:
+                a.t.CopyFrom(onnx.numpy_helper.from_array(
+                    onnx.numpy_helper.to_array(a.t).astype(np.float32)))
+        rounded = [o for o in n.output if o in half]
+        for o in rounded:
+            n.output[list(n.output).index(o)] = o + "__sim"
+        nodes.append(n)
+        for o in rounded:
+            nodes.append(onnx.helper.make_node("Cast", [o + "__sim"], [o + "__simh"], to=H))
+            nodes.append(onnx.helper.make_node("Cast", [o + "__simh"], [o], to=F))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.value_info[:]
+    for v in [*m.graph.input, *m.graph.output]:
+        if v.type.tensor_type.elem_type == H:
+            v.type.tensor_type.elem_type = F
+    return m
+
+
+def convertible(model: onnx.ModelProto) -> list[str]:
+    """Keys (name, or first output) of the nodes the fp16 pass would run in float16, in order."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    g = Graph(work)
+    g.refresh_types()
+    return [node_key(n) for n in g.toposort() if _half_outputs(g, n)]
+
+
+def find_pins(model: onnx.ModelProto, tol: float, feeds: dict[str, np.ndarray] | None = None,
+              form: str = "mixed", progress: Callable[[str], None] | None = None
+              ) -> PrecisionResult:
+    feeds = feeds if feeds is not None else random_inputs(model)
+    want = run(model, feeds)
+    runs = 0
+    worst: dict[str, float] = {}
+
+    def passes(pins: set[str]) -> bool:
+        nonlocal runs, worst
+        runs += 1
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        half, _ = rewrite(work, [Float16(form, keep_nodes=pins)])
+        got = run(simulate_float16(half), feeds)
+        ok, errs = True, {}
+        for k, e in want.items():
+            scale = float(np.abs(e).max()) if e.size else 0.0
+            s = error_stats(k, e, got[k], rtol=tol, atol=tol * (scale or 1.0))
+            errs[k] = s.abs_max / (scale or 1.0)
+            ok = ok and s.within
+        worst = errs
+        return ok
+
+    candidates = convertible(model)
+    pins: set[str] = set()
+    order: list[str] = []
+    if not passes(pins):
+        if not passes(set(candidates)):
+            return PrecisionResult(sorted(candidates), False, runs, worst)
+        while True:
+            rest = [c for c in candidates if c not in pins]
+            lo, hi = 1, len(rest)  # pinning rest[:hi] passes
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if passes(pins | set(rest[:mid])):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            pins.add(rest[hi - 1])
+            order.append(rest[hi - 1])
+            if progress:
+                progress(f"pin {rest[hi - 1]} ({runs} runs)")
+            if passes(pins):
+                break
+    return PrecisionResult(order, True, runs, worst)
+
+
+def debug_precision(path: str | os.PathLike[str], tol: float, output: str | os.PathLike[str],
+                    feeds: dict[str, np.ndarray] | None = None, form: str = "mixed",
+                    progress: Callable[[str], None] | None = None) -> PrecisionResult:
+    model = onnx.load(str(path))
+    result = find_pins(model, tol, feeds, form, progress)
+    try:
+        Path(output).write_text(result.pin_file(tol, form))
+    except OSError as e:
+        raise OnnxpassError(f"{output}: cannot write: {e.strerror or e}") from None
+    return result
