@@ -27,12 +27,14 @@ import numpy as np  # noqa: E402
 from onnxpass.plugins import get_plugin  # noqa: E402
 from onnxpass.plugins.kernels import aot_kernel, get_kernel  # noqa: E402
 from onnxpass.plugins.kernels import gelu as gelu_kernels  # noqa: E402
+from onnxpass.plugins.kernels import add_bias_transpose as abt_kernels  # noqa: E402
 from onnxpass.plugins.kernels import layernorm as ln_kernels  # noqa: E402
+from onnxpass.plugins.kernels import masked_softmax as ms_kernels  # noqa: E402
 from onnxpass.plugins.kernels.base import _driver_ptx_version, launch, np_dtype  # noqa: E402
 from onnxpass.plugins.kernels.check import TOLERANCES, sym, tolerance, value  # noqa: E402
 from onnxpass.verify import error_stats  # noqa: E402
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ["float32", "float16", "bfloat16"]
 # (plugin, model and shape, x shape, attrs); LayerNorm over the last dim
 CASES = [
     ("LayerNormPlugin", "ViT-B/16 64x197", (64, 197, 768), {"epsilon": 1e-12}),
@@ -324,13 +326,15 @@ def sweeps() -> list[dict[str, Any]]:
 
     out = []
     for plugin, label, x, attrs in CASES:
-        if plugin not in ("LayerNormPlugin", "GeluPlugin"):
+        if plugin not in ("LayerNormPlugin", "GeluPlugin", "MaskedSoftmaxPlugin",
+                          "AddBiasTransposePlugin"):
             continue
         shapes = shapes_of(plugin, x)
         ins = inputs(plugin, shapes, "float16")
-        y = torch.empty_like(ins[0])
+        y = outputs(plugin, ins, attrs)[0]
         values = get_plugin(plugin).attr_values(attrs)
-        nbytes = 2 * ins[0].numel() * 2 + sum(t.numel() * 2 for t in ins[1:])
+        in_dtypes = dtypes_of(plugin, "float16", len(ins))
+        nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
         if plugin == "LayerNormPlugin":
             configs = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8, 16)
                        for w in (4, 8)]
@@ -338,12 +342,20 @@ def sweeps() -> list[dict[str, Any]]:
         elif plugin == "GeluPlugin":
             if attrs.get("approximate"):
                 continue
-            configs = [{"block": b, "num_warps": w} for b in (1024, 2048, 4096)
-                       for w in (4, 8)]
+            configs = [{"block": b, "num_warps": w} for b in (1024, 2048, 4096, 8192, 16384)
+                       for w in (4, 8, 16) if b // (32 * w) >= 4]
             make = gelu_kernels.plan
+        elif plugin == "MaskedSoftmaxPlugin":
+            configs = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8, 16, 32)
+                       for w in (2, 4, 8, 16) if r * x[-1] <= 16384]
+            make = ms_kernels.plan
+        else:
+            configs = [{"block_s": b, "num_warps": w} for b in (16, 32, 64, 128, 256)
+                       for w in (2, 4, 8)]
+            make = abt_kernels.plan
         for c in configs:
             try:
-                plan = make(shapes, ["float16"] * len(ins), values, **c)
+                plan = make(shapes, in_dtypes, values, **c)
                 if plan.kernel.__name__ == "layernorm_rows" and \
                         plan.constexprs["BLOCK_N"] * plan.constexprs["ROWS"] > 32768:
                     continue
@@ -353,9 +365,9 @@ def sweeps() -> list[dict[str, Any]]:
             except Exception as exc:
                 out.append({"sweep": True, "plugin": plugin, "label": label, **c,
                             "error": f"{type(exc).__name__}: {exc}"[:300]})
-        best = min((r for r in out if r["label"] == label and "ms" in r), key=lambda r: r["ms"],
-                   default=None)
-        print(f"sweep {label}: best {best}", flush=True)
+        mine = [r for r in out if r["label"] == label and "ms" in r]
+        for r in sorted(mine, key=lambda r: r["ms"])[:4]:
+            print(f"sweep {label}: {r}", flush=True)
     return out
 
 
@@ -431,7 +443,7 @@ def attention_bench(sweep: bool) -> list[dict[str, Any]]:
 
     out: list[dict[str, Any]] = []
     for label, q, k, mask in ATTENTION_CASES:
-        for dtype in ("float32", "float16"):
+        for dtype in [d for d in ("float32", "float16") if d in DTYPES]:
             r: dict[str, Any] = {"attention": True, "label": label, "dtype": dtype,
                                  "q": list(q), "k": list(k), "mask": mask}
             try:
@@ -471,19 +483,26 @@ def attention_bench(sweep: bool) -> list[dict[str, Any]]:
                 if sweep and dtype == "float16" and label in ATTENTION_SWEEP:
                     r["sweep"] = []
                     for bm, bn, w in ((64, 32, 4), (64, 64, 4), (128, 64, 8), (128, 64, 4),
-                                      (128, 32, 8)):
-                        for st in (2, 3):
-                            for split in (True, False):
-                                c = {"block_m": bm, "block_n": bn, "num_warps": w,
-                                     "num_stages": st, "p_split": split}
-                                try:
-                                    pl = att.plan(shapes, dts, values, **c)
-                                    c["ms"] = bench(lambda: launch(pl, ins, [y]))
-                                except Exception as exc:
-                                    c["error"] = f"{type(exc).__name__}: {exc}"[:200]
-                                r["sweep"].append(c)
-                    best = min((c for c in r["sweep"] if "ms" in c), key=lambda c: c["ms"])
-                    r["sweep_best"] = best
+                                      (128, 32, 8), (128, 32, 4), (128, 128, 8), (64, 128, 4)):
+                        for st in (1, 2, 3, 4):
+                            c = {"block_m": bm, "block_n": bn, "num_warps": w,
+                                 "num_stages": st, "p_split": False}
+                            try:
+                                pl = att.plan(shapes, dts, values, **c)
+                                ck = pl.kernel.compiled[tuple(int(g) for g in pl.grid)](
+                                    *ins, *(int(a) for a in pl.args), y, num_warps=w,
+                                    num_stages=st, **pl.constexprs)
+                                c["shared"] = ck.metadata.shared
+                                c["ms"] = bench(lambda: launch(pl, ins, [y]))
+                            except Exception as exc:
+                                c["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                            r["sweep"].append(c)
+                            if "ms" in c:
+                                print(f"  sweep {c}", flush=True)
+                    ok = [c for c in r["sweep"] if "ms" in c]
+                    r["sweep_best"] = min(ok, key=lambda c: c["ms"])
+                    r["sweep_best_48k"] = min((c for c in ok if c["shared"] <= 48 * 1024),
+                                              key=lambda c: c["ms"], default=None)
             except Exception as exc:
                 r["error"] = f"{type(exc).__name__}: {exc}"[:500]
             out.append(r)
@@ -494,7 +513,8 @@ def attention_bench(sweep: bool) -> list[dict[str, Any]]:
                       f"jit {r['jit_ms']:.4f} aot {r['aot_ms']:.4f} ({r['jit_vs_torch']:.2f}x "
                       f"torch; {r['jit_TFLOPs']:.0f} TFLOP/s) rel max {r['jit']['rel_max']:.1e} "
                       f"ok {r['jit']['within']} aot==jit {r['aot_equals_jit']} smem "
-                      f"{r['shared_mem']} best {r.get('sweep_best')}", flush=True)
+                      f"{r['shared_mem']} best {r.get('sweep_best')} best<=48K "
+                      f"{r.get('sweep_best_48k')}", flush=True)
     return out
 
 
@@ -506,7 +526,15 @@ def main() -> int:
     p.add_argument("--sweep", action="store_true", help="time float16 launch configurations")
     p.add_argument("--plugins", help="only these plugins, comma-separated (default: all)")
     p.add_argument("--attention", action="store_true", help="only AttentionPlugin, vs SDPA")
+    p.add_argument("--dtypes", help="only these dtypes, comma-separated (default: all)")
+    p.add_argument("--labels", help="only cases whose label contains one of these, comma-separated")
     args = p.parse_args()
+    if args.dtypes:
+        DTYPES[:] = [d for d in DTYPES if d in args.dtypes.split(",")]
+    if args.labels:
+        CASES[:] = [c for c in CASES if any(w in c[1] for w in args.labels.split(","))]
+        ATTENTION_CASES[:] = [c for c in ATTENTION_CASES
+                              if any(w in c[0] for w in args.labels.split(","))]
     if args.plugins:
         CASES[:] = [c for c in CASES if c[0] in args.plugins.split(",")]
     t0 = time.time()

@@ -130,7 +130,7 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     fp32 = dtypes[0] == "float32"
     mask_kind = (1 if all(static(x) == 1 for x in m4) else 2 if static(m4[2]) == 1 else 3)
     long = (static(S) or 0) >= 1024 and max(d, dv) <= 64 and not fp32
-    bm = block_m or (128 if long else 64)
+    bm = block_m or 64
     bn = block_n or (64 if long else 32)
     stages = num_stages or (1 if fp32 else 2 if long or max(d, dv) > 64 else 3)
     return Launch(

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, helper, jit,
-                                           next_pow2, np_dtype, prod, register_kernel, static, tl)
+                                           next_pow2, np_dtype, prod, register_kernel, static,
+                                           static_factor, tl)
 
 MAX_ROW = 16384
 LEAD = 4  # leading (non-softmax) dims the kernels index
@@ -62,26 +63,33 @@ def _masked(x, mk, FILL: tl.constexpr, MODE: tl.constexpr, INVERT: tl.constexpr)
 
 
 @helper
-def _row_offsets(r, d1, d2, d3, s0, s1, s2, s3):
-    """Offset of row r (an index over the output's leading dims d0..d3) for strides s0..s3."""
-    r = r.to(tl.int64)
+def _row_offsets(r, d1, d2, d3, s0, s1, s2, s3, ALIGN: tl.constexpr):
+    """Offset of row r (an index over the output's leading dims d0..d3) for strides s0..s3,
+    each a multiple of ALIGN. The index arithmetic is int32 (r < n_rows, an int32)."""
     i3 = r % d3
     r = r // d3
     i2 = r % d2
     r = r // d2
     i1 = r % d1
-    return (r // d1) * s0 + i1 * s1 + i2 * s2 + i3 * s3
+    if ALIGN > 1:  # (never 1 then: the JIT would have made it a constant)
+        s0, s1 = tl.multiple_of(s0, ALIGN), tl.multiple_of(s1, ALIGN)
+        s2, s3 = tl.multiple_of(s2, ALIGN), tl.multiple_of(s3, ALIGN)
+    return ((r // d1).to(tl.int64) * s0 + i1.to(tl.int64) * s1 + i2.to(tl.int64) * s2
+            + i3.to(tl.int64) * s3)
 
 
 @jit
-def masked_softmax_rows(x_ptr, mask_ptr, n_rows, n, d1, d2, d3, xs0, xs1, xs2, xs3, xsn,
-                        ms0, ms1, ms2, ms3, msn, y_ptr, FILL: tl.constexpr, MODE: tl.constexpr,
-                        INVERT: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+def masked_softmax_rows(x_ptr, mask_ptr, n_rows, d1, d2, d3, xs0, xs1, xs2, xs3,
+                        ms0, ms1, ms2, ms3, y_ptr, FILL: tl.constexpr, MODE: tl.constexpr,
+                        INVERT: tl.constexpr, N: tl.constexpr, XSN: tl.constexpr,
+                        MSN: tl.constexpr, XA: tl.constexpr, MA: tl.constexpr,
+                        BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
+    n = N
     ok = (rows < n_rows)[:, None] & (cols < n)[None, :]
-    xo = _row_offsets(rows, d1, d2, d3, xs0, xs1, xs2, xs3)[:, None] + cols[None, :] * xsn
-    mo = _row_offsets(rows, d1, d2, d3, ms0, ms1, ms2, ms3)[:, None] + cols[None, :] * msn
+    xo = _row_offsets(rows, d1, d2, d3, xs0, xs1, xs2, xs3, XA)[:, None] + cols[None, :] * XSN
+    mo = _row_offsets(rows, d1, d2, d3, ms0, ms1, ms2, ms3, MA)[:, None] + cols[None, :] * MSN
     x = tl.load(x_ptr + xo, mask=ok, other=0.0)
     mk = tl.load(mask_ptr + mo, mask=ok, other=0)
     z = _masked(x.to(tl.float32), mk, FILL, MODE, INVERT)
@@ -93,12 +101,14 @@ def masked_softmax_rows(x_ptr, mask_ptr, n_rows, n, d1, d2, d3, xs0, xs1, xs2, x
 
 
 @jit
-def masked_softmax_looped(x_ptr, mask_ptr, n_rows, n, d1, d2, d3, xs0, xs1, xs2, xs3, xsn,
-                          ms0, ms1, ms2, ms3, msn, y_ptr, FILL: tl.constexpr, MODE: tl.constexpr,
-                          INVERT: tl.constexpr, BLOCK_N: tl.constexpr):
+def masked_softmax_looped(x_ptr, mask_ptr, n_rows, n, d1, d2, d3, xs0, xs1, xs2, xs3,
+                          ms0, ms1, ms2, ms3, y_ptr, FILL: tl.constexpr, MODE: tl.constexpr,
+                          INVERT: tl.constexpr, XSN: tl.constexpr, MSN: tl.constexpr,
+                          XA: tl.constexpr, MA: tl.constexpr, BLOCK_N: tl.constexpr):
     row = tl.program_id(0)
-    xo = _row_offsets(row, d1, d2, d3, xs0, xs1, xs2, xs3)
-    mo = _row_offsets(row, d1, d2, d3, ms0, ms1, ms2, ms3)
+    xo = _row_offsets(row, d1, d2, d3, xs0, xs1, xs2, xs3, XA)
+    mo = _row_offsets(row, d1, d2, d3, ms0, ms1, ms2, ms3, MA)
+    xsn, msn = XSN, MSN
     cols = tl.arange(0, BLOCK_N)
     mx = tl.full([BLOCK_N], float("-inf"), tl.float32)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -124,14 +134,18 @@ def masked_softmax_looped(x_ptr, mask_ptr, n_rows, n, d1, d2, d3, xs0, xs1, xs2,
         tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
-def _strides(shape: list[Any], out: list[Any]) -> list[Any]:
+def _strides(shape: list[Any], out: list[Any]) -> tuple[list[Any], int]:
     """Element strides of a contiguous tensor of ``shape`` indexed by ``out``'s index: 0
-    along dims where it has a static 1 and the output does not."""
-    strides, s = [], 1
+    along dims where it has a static 1 and the output does not; and a power of two (<= 16)
+    that divides every stride of the leading dims (so row starts vectorize as the JIT's would)."""
+    strides, s, align = [], 1, 16
     for d, o in zip(reversed(shape), reversed(out)):
         strides.append(0 if static(d) == 1 and static(o) != 1 else s)
+        if strides[-1] and len(strides) > 1:
+            f = static_factor([s])
+            align = min(align, f & -f)
         s = prod([s, d])
-    return strides[::-1]
+    return strides[::-1], align
 
 
 def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
@@ -144,20 +158,27 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     x, mask = ([1] * (len(out) - len(s)) + list(s) for s in shapes)
     pad = LEAD + 1 - len(out)
     out, x, mask = ([1] * pad + v for v in (out, x, mask))
-    xs, ms = _strides(x, out), _strides(mask, out)
+    (xs, xa), (ms, ma) = _strides(x, out), _strides(mask, out)
     n, n_rows = out[-1], prod(out[:-1])
-    args = (n_rows, n, *out[1:LEAD], *xs, *ms)
-    c = {"FILL": attrs["fill"], "MODE": attrs["mode"],
-         "INVERT": bool(attrs["invert"])}
+    # the last-dim strides (1, or 0 when broadcast) are constexprs: the rows vectorize in AOT
+    # PTX too (Triton's JIT specializes int arguments equal to 1, TensorRT's int32s are not)
+    c = {"FILL": attrs["fill"], "MODE": attrs["mode"], "INVERT": bool(attrs["invert"]),
+         "XSN": xs[-1], "MSN": ms[-1], "XA": xa, "MA": ma}
+    strides = (*xs[:LEAD], *ms[:LEAD])
     cols = static(n)
     if cols is None or cols > MAX_ROW:
-        return Launch(masked_softmax_looped, grid=(n_rows,), args=args,
+        return Launch(masked_softmax_looped, grid=(n_rows,),
+                      args=(n_rows, n, *out[1:LEAD], *strides),
                       constexprs={**c, "BLOCK_N": 1024}, num_warps=num_warps or 4)
     block = next_pow2(cols)
-    r = rows_per_program or max(1, 2048 // block)
-    w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
-    return Launch(masked_softmax_rows, grid=(cdiv(n_rows, r),), args=args,
-                  constexprs={**c, "BLOCK_N": block, "ROWS": r}, num_warps=w)
+    # float16 sweep on an H100 (docs/plugins.md): 2 warps, 4096 elements per program at n = 128
+    # and 2048 at n = 1000 were best
+    r = rows_per_program or max(1, (4096 if block <= 256 else 2048) // block)
+    w = num_warps or (2 if block <= 1024 and block * r <= 4096 else 4 if block * r <= 2048
+                      else 8 if block * r <= 8192 else 16)
+    return Launch(masked_softmax_rows, grid=(cdiv(n_rows, r),),
+                  args=(n_rows, *out[1:LEAD], *strides),
+                  constexprs={**c, "N": cols, "BLOCK_N": block, "ROWS": r}, num_warps=w)
 
 
 def _make(x_shape: tuple[int, ...], mask_shape: tuple[int, ...], mask_dtype: str,
