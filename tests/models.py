@@ -245,6 +245,19 @@ def export(built: Built, exporter: str, path: Path) -> None:
             program.save(str(path))
 
 
+def lazy_exports(built: Built, root: Path, name: str) -> Callable[[str], Path]:
+    """``get(exporter)``: the path of ``built`` exported by ``exporter``, exported on first use."""
+    cache: dict[str, Path] = {}
+
+    def get(exporter: str) -> Path:
+        if exporter not in cache:
+            cache[exporter] = root / f"{name}-{exporter}.onnx"
+            export(built, exporter, cache[exporter])
+        return cache[exporter]
+
+    return get
+
+
 def half(built: Built) -> Built:
     """The same model in float16. TorchScript then computes LayerNorm's variance and division in
     double between two Casts, and stores GELU's constants as float16."""

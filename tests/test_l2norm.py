@@ -4,7 +4,6 @@ form, why LpNormalization is not used, and CLIPModel's projection normalization.
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,7 +12,7 @@ import pytest
 import onnxpass
 from onnxpass.plugins.base import DOMAIN
 from onnxpass.verify import compare_models, error_stats, random_inputs, run
-from tests.models import Built, _image, _tokens, _wrap, export
+from tests.models import Built, _image, _tokens, _wrap, lazy_exports
 from tests.models_mstpp import l2norm_calls
 
 RTOL, ATOL = 1e-5, 1e-5
@@ -88,16 +87,7 @@ def clip_model() -> Built:
 @pytest.fixture(scope="session")
 def clip_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     built = clip_model()
-    root = tmp_path_factory.mktemp("clip_model")
-    cache: dict[str, Path] = {}
-
-    def get(exporter: str) -> Path:
-        if exporter not in cache:
-            cache[exporter] = root / f"clip_model-{exporter}.onnx"
-            export(built, exporter, cache[exporter])
-        return cache[exporter]
-
-    return built, get
+    return built, lazy_exports(built, tmp_path_factory.mktemp("clip_model"), "clip_model")
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -6,7 +6,6 @@ move. Expected counts come from running the torch model."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,7 +14,7 @@ import pytest
 import onnxpass
 from onnxpass.plugins.base import DOMAIN
 from onnxpass.verify import error_stats, run
-from tests.models import export, torch_counts
+from tests.models import lazy_exports, torch_counts
 from tests.models_attention import attention_count
 from tests.models_mstpp import l2norm_calls, mstpp
 
@@ -30,16 +29,7 @@ DECOMPOSED = {"ReduceL2", "ReduceSum", "Clip", "Expand", "ReduceMean", "Erf"}
 @pytest.fixture(scope="session")
 def mstpp_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     built = mstpp()
-    root = tmp_path_factory.mktemp("mstpp")
-    cache: dict[str, Path] = {}
-
-    def get(exporter: str) -> Path:
-        if exporter not in cache:
-            cache[exporter] = root / f"mstpp-{exporter}.onnx"
-            export(built, exporter, cache[exporter])
-        return cache[exporter]
-
-    return built, get
+    return built, lazy_exports(built, tmp_path_factory.mktemp("mstpp"), "mstpp")
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
