@@ -16,7 +16,8 @@ from onnxpass.passes.fp16 import Float16, read_pins
 from onnxpass.verify import error_stats, random_inputs, run
 
 RTOL = 1e-2
-REAL = [(m, e) for m in ("vit", "bert", "clip_text", "clip_vision", "detr")
+REAL = [(m, e) for m in ("vit", "bert", "clip_text", "clip_vision", "detr", "mobilevit", "levit",
+                           "swin", "segformer")
         for e in ("torchscript", "dynamo")]
 
 
