@@ -74,21 +74,28 @@ def fuse(model: onnx.ModelProto, form: str, passes: str | None = None) -> onnx.M
     return rewritten
 
 
-@pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("exporter", EXPORTERS)
-@pytest.mark.parametrize("name", list(MODELS))
-def test_real_model_fuses_every_instance(real_models, name: str, exporter: str, form: str) -> None:
-    path = real_models.export(name, exporter)
+def _fuse_export(real_models, name: str, exporter: str, form: str,  # type: ignore[no-untyped-def]
+                 fp16: bool = False):
+    """(original, rewritten, fused counts) for one export, asserting the fused LayerNorm and
+    GELU counts equal the torch model's calls."""
+    path = real_models.export(name, exporter, fp16=fp16)
     if isinstance(path, str):
         pytest.skip(path)
     want: OpCounts = real_models.counts(name)
     original = onnx.load(str(path))
     rewritten = fuse(onnx.load(str(path)), form)
-
     got = fused_counts(rewritten, form)
     assert (got.layernorm, got.gelu, got.gelu_tanh) == (want.layernorm, want.gelu,
                                                         want.gelu_tanh), (
         f"fused LayerNorm/GELU/tanh-GELU {got}, torch calls {want}")
+    return original, rewritten, got
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_real_model_fuses_every_instance(real_models, name: str, exporter: str, form: str) -> None:
+    original, rewritten, got = _fuse_export(real_models, name, exporter, form)
     assert not got.other, f"ops of the other form left: {dict(got.other)}"
     assert decomposed_layernorms(rewritten) == []
     assert not [n for n in rewritten.graph.node if n.op_type == "Erf"], "an erf GELU is left"
@@ -109,16 +116,7 @@ RTOL16, ATOL16 = 1e-2, 1e-2
 def test_real_model_fp16(real_models, name: str, exporter: str, form: str) -> None:
     """TorchScript's float16 graphs: LayerNorm between Casts up to double and back, GELU constants
     stored as float16. (The plugin form needs opset >= 15 for a float16 reference function.)"""
-    path = real_models.export(name, exporter, fp16=True)
-    if isinstance(path, str):
-        pytest.skip(path)
-    want: OpCounts = real_models.counts(name)
-    original = onnx.load(str(path))
-    rewritten = fuse(onnx.load(str(path)), form)
-
-    got = fused_counts(rewritten, form)
-    assert (got.layernorm, got.gelu, got.gelu_tanh) == (want.layernorm, want.gelu,
-                                                        want.gelu_tanh), (got, want)
+    original, rewritten, _ = _fuse_export(real_models, name, exporter, form, fp16=True)
     assert decomposed_layernorms(rewritten) == []
     stats = compare_models(original, rewritten, random_inputs(original), RTOL16, ATOL16)
     assert all(s.within for s in stats), "\n".join(s.line() for s in stats)
