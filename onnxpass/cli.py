@@ -87,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run two models on the same inputs and compare outputs")
     c.add_argument("a", help="reference model (.onnx)")
     c.add_argument("b", help="model to compare with it (.onnx)")
-    c.add_argument("--inputs", help=".npz of inputs (default: random)")
+    c.add_argument("--inputs", help=".npz of inputs or a folder of images (default: random)")
+    c.add_argument("--mean", help="per-channel mean for --inputs DIR, e.g. 0.5,0.5,0.5 "
+                                  "(default: ImageNet's; 0.5 for 1 channel)")
+    c.add_argument("--std", help="per-channel std for --inputs DIR (default: ImageNet's; 0.5)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
                    help="value of a symbolic input dim for random inputs (default 2)")
@@ -226,6 +229,14 @@ def _parse_dims(items: list[str]) -> dict[str, int]:
     return dims
 
 
+def _parse_floats(flag: str, text: str | None) -> list[float] | None:
+    try:
+        return None if text is None else [float(v) for v in text.split(",")]
+    except ValueError:
+        raise OnnxpassError(f"{flag} {text!r}: expected comma-separated numbers, "
+                            "e.g. 0.5,0.5,0.5") from None
+
+
 def _print_table(stats) -> None:  # type: ignore[no-untyped-def]
     rows = [("pass", "matches", "nodes before", "nodes after", "time (s)")]
     rows += [(s.name, str(s.matches), str(s.nodes_before), str(s.nodes_after), f"{s.seconds:.3f}")
@@ -335,8 +346,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Exit 0 when every output is within --atol/--rtol, 1 when one is not."""
     from onnxpass.compare import compare
 
-    rows = compare(args.a, args.b, inputs=args.inputs, seed=args.seed,
-                   dims=_parse_dims(args.dim), rtol=args.rtol, atol=args.atol)
+    mean, std = _parse_floats("--mean", args.mean), _parse_floats("--std", args.std)
+    images = {"mean": mean, "std": std} if mean or std else {}  # normalization of --inputs DIR
+    rows = compare(args.a, args.b, inputs=args.inputs, seed=args.seed, dims=_parse_dims(args.dim),
+                   rtol=args.rtol, atol=args.atol, **images)
     ok = all(r.stats.within for r in rows)
     if args.json:
         print(json.dumps({"ok": ok, "rtol": args.rtol, "atol": args.atol,
