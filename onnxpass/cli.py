@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--rtol", type=float, default=1e-4)
     r.add_argument("--atol", type=float, default=1e-5)
+    r.add_argument("--fp16-pins", metavar="FILE",
+                   help="pin list for the fp16 pass (as onnxpass debug precision writes it)")
     r.add_argument("--dump-dir", help="write the graph after each pass that changed it")
     r.add_argument("--no-check", action="store_true",
                    help="skip onnx.checker after each pass (shape inference still runs)")
@@ -106,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--tol", type=float, required=True,
                    help="allowed error, relative to each element and to the output's max")
     d.add_argument("-o", "--output", help="pin list to write (default: MODEL.fp16pins.txt)")
+    d.add_argument("--runner", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="run the float16 candidates in ONNX Runtime, simulating float16 rounding "
+                        "(default), or as strongly typed TensorRT engines (needs TensorRT)")
     d.add_argument("--form", choices=["mixed", "all"], default="mixed",
                    help="fp16 form the pins add to (default: mixed)")
     d.add_argument("--inputs", help=".npz of inputs (default: random)")
@@ -138,6 +143,7 @@ def _default_output(model: Path) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from onnxpass.passes.base import parse_passes
+    from onnxpass.passes.fp16 import apply_pins
     from onnxpass.passes.manager import PassManager
 
     src = Path(args.model)
@@ -146,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise OnnxpassError(f"{out}: output would overwrite the input model")
     _check_writable(out)
     passes = parse_passes(args.passes)  # fail on unknown names before reading anything big
+    apply_pins(passes, args.fp16_pins, "--fp16-pins")
     dims = _parse_dims(args.dim)
     feeds = None
     if args.verify and args.inputs:
@@ -347,9 +354,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from onnxpass.compare import compare
 
     mean, std = _parse_floats("--mean", args.mean), _parse_floats("--std", args.std)
-    images = {"mean": mean, "std": std} if mean or std else {}  # normalization of --inputs DIR
     rows = compare(args.a, args.b, inputs=args.inputs, seed=args.seed, dims=_parse_dims(args.dim),
-                   rtol=args.rtol, atol=args.atol, **images)
+                   rtol=args.rtol, atol=args.atol, mean=mean, std=std)
     ok = all(r.stats.within for r in rows)
     if args.json:
         print(json.dumps({"ok": ok, "rtol": args.rtol, "atol": args.atol,
@@ -369,7 +375,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
     feeds = load_inputs(args.inputs) if args.inputs else random_inputs(
         model, args.seed, _parse_dims(args.dim))
     progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
-    r = debug_precision(src, args.tol, out, feeds, args.form, progress)
+    r = debug_precision(src, args.tol, out, feeds, args.form, progress, args.runner)
     if args.json:
         print(json.dumps({"ok": r.ok, "pins": r.pins, "runs": r.runs, "worst": r.worst,
                           "output": str(out)}, indent=2))
@@ -377,6 +383,9 @@ def cmd_debug(args: argparse.Namespace) -> int:
         print(f"{len(r.pins)} node(s) to keep float32 ({r.runs} runs): {', '.join(r.pins) or '-'}")
         print("; ".join(f"{k}: max error {v:.3g} of max |ref|" for k, v in r.worst.items()))
         print(f"wrote {out}" + ("" if r.ok else " (tolerance not reached even all float32)"))
+        if r.ok:
+            print(f"use it: onnxpass build {src} --precision fp16 --fp16-pins {out}  (or onnxpass "
+                  f"run {src} --passes fp16 --fp16-pins {out})")
     return 0 if r.ok else EXIT_VERIFY_FAILED
 
 

@@ -1,14 +1,17 @@
 """``onnxpass compare A B``: two models on the same inputs, per-output error statistics.
 
-Both run in ONNX Runtime (the graph as written, see :func:`onnxpass.verify.session`) on the same
-feeds: random with a seed, or an ``.npz``. Per output: :func:`onnxpass.verify.error_stats`, and for
+An .onnx runs in ONNX Runtime (the graph as written, see :func:`onnxpass.verify.session`), an
+engine (.plan, .engine, .trt) in TensorRT (:class:`onnxpass.trt_build.engine.Engine`), both on the
+same feeds: random with a seed, an ``.npz``, or a folder of images
+(:func:`onnxpass.images.load_image_folder`). Per output: :func:`onnxpass.verify.error_stats`, and for
 classifier-like outputs (2-D float, ``[N, C]`` with C >= 2) top-1 agreement (same argmax) and top-5
-agreement (A's top-1 class is among B's top 5; when C >= 5). TensorRT engines need TensorRT.
+agreement (A's top-1 class is among B's top 5; when C >= 5).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +19,10 @@ import numpy as np
 
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import load_model
-from onnxpass.verify import ErrorStats, error_stats, load_inputs, random_inputs, run
+from onnxpass.images import feeds_from
+from onnxpass.verify import ErrorStats, error_stats, load_inputs, run
+
+Feeds = dict[str, np.ndarray]
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 TENSORRT_MISSING = ("{path}: a TensorRT engine, and TensorRT is not installed: install it with "
@@ -48,26 +54,41 @@ def topk_agreement(a: np.ndarray, b: np.ndarray, k: int) -> float | None:
     return float(np.mean([t in row for t, row in zip(top_a, top_b)]))
 
 
-def _require_onnx(path: str | os.PathLike[str]) -> None:
-    if Path(path).suffix.lower() in ENGINE_SUFFIXES:
-        try:
-            import tensorrt
-        except ImportError:
-            tensorrt = None
-        if getattr(tensorrt, "__version__", None) is None:  # absent, or only type stubs
-            raise OnnxpassError(TENSORRT_MISSING.format(path=path))
-        raise OnnxpassError(f"{path}: running TensorRT engines in compare is not supported yet")
+def is_engine(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in ENGINE_SUFFIXES
+
+
+def runner(path: str | os.PathLike[str]) -> Callable[[Feeds], Feeds]:
+    """``feeds -> outputs`` for an .onnx (ONNX Runtime) or an engine (TensorRT)."""
+    if not is_engine(path):
+        return lambda feeds: run(str(path), feeds)
+    try:
+        import tensorrt
+    except ImportError:
+        tensorrt = None
+    if getattr(tensorrt, "__version__", None) is None:  # absent, or only type stubs
+        raise OnnxpassError(TENSORRT_MISSING.format(path=path))
+    from onnxpass.trt_build.engine import Engine
+
+    return Engine(str(path)).infer
 
 
 def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
             inputs: str | os.PathLike[str] | None = None, seed: int = 0,
-            dims: dict[str, int] | None = None, rtol: float = 1e-5, atol: float = 1e-6
+            dims: dict[str, int] | None = None, rtol: float = 1e-5, atol: float = 1e-6,
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None
             ) -> list[OutputComparison]:
-    """Run A and B on the same feeds; one comparison per output of A (B must have them all)."""
-    _require_onnx(a)
-    _require_onnx(b)
-    feeds = load_inputs(inputs) if inputs else random_inputs(load_model(a), seed, dims)
-    want, got = run(str(a), feeds), run(str(b), feeds)
+    """Run A and B on the same feeds; one comparison per output of A (B must have them all).
+    Random feeds and image batches are made for the first .onnx of A and B; two engines
+    need ``inputs`` (an .npz)."""
+    run_a, run_b = runner(a), runner(b)
+    model = next((p for p in (a, b) if not is_engine(p)), None)
+    if model is None and (inputs is None or Path(inputs).is_dir()):
+        raise OnnxpassError(f"{a}, {b}: two engines need --inputs FILE.npz (random inputs and "
+                            f"images are made from an .onnx model)")
+    feeds = (feeds_from(inputs, load_model(model), seed, dims, mean, std) if model is not None
+             else load_inputs(inputs))  # type: ignore[arg-type]
+    want, got = run_a(feeds), run_b(feeds)
     missing = [k for k in want if k not in got]
     if missing:
         raise OnnxpassError(f"{b}: lacks outputs {missing} of {a}")

@@ -1,17 +1,20 @@
 """``onnxpass debug precision MODEL --tol T``: which nodes must stay float32.
 
 The float16 model (the ``fp16`` pass, form ``mixed`` or ``all``) runs against the float32 model on the same feeds; an output is within T when every element satisfies
-``|h - f| <= T * |f| + T * max|f|`` (:func:`onnxpass.verify.error_stats` with atol at the output's
-scale: elementwise relative error means nothing for elements near zero).
+``|h - f| <= T * |f| + T * max|f|`` (:func:`onnxpass.verify.scaled_stats`: atol at the output's
+scale, the max over finite elements; NaNs must sit where the float32 model has them).
 
 Search: while the model fails, binary-search the shortest prefix (in topological order) of the
 nodes not yet pinned whose pinning makes it pass; the prefix's last node is needed, so pin it and
 go on. Each pin costs about log2(n) runs. The result is a pin list the fp16 pass reads
 (``Float16(pins=PATH)`` or ``ONNXPASS_FP16_PINS``): one ``node:NAME`` a line.
 
-The runner is ONNX Runtime on :func:`simulate_float16` of the float16 graph: ORT's CPU provider
-lacks float16 kernels for most ops, runs them in float32 and keeps float32 values along chains of
-such nodes, so the float16 graph itself would look far more accurate than a float16 engine is.
+Runners (``runner=``): ``onnxruntime`` (default) runs :func:`simulate_float16` of the float16
+graph: ORT's CPU provider lacks float16 kernels for most ops, runs them in float32 and keeps
+float32 values along chains of such nodes, so the float16 graph itself would look far more
+accurate than a float16 engine is. ``tensorrt`` (where installed) builds a strongly typed engine
+of each candidate graph, whose float16 types TensorRT then follows, and runs it: slower (one
+build per run), and what will be deployed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from onnxpass.api import rewrite
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import Graph
 from onnxpass.passes.fp16 import Float16, _half_outputs, node_key
-from onnxpass.verify import error_stats, random_inputs, run
+from onnxpass.verify import random_inputs, run, scaled_stats
 
 
 @dataclass
@@ -89,9 +92,41 @@ def convertible(model: onnx.ModelProto) -> list[str]:
     return [node_key(n) for n in g.toposort() if _half_outputs(g, n)]
 
 
-def find_pins(model: onnx.ModelProto, tol: float, feeds: dict[str, np.ndarray] | None = None,
-              form: str = "mixed", progress: Callable[[str], None] | None = None
-              ) -> PrecisionResult:
+Feeds = dict[str, np.ndarray]
+RUNNERS = ("onnxruntime", "tensorrt")
+
+
+def ort_runner(half: onnx.ModelProto, feeds: Feeds) -> Feeds:
+    return run(simulate_float16(half), feeds)
+
+
+def trt_runner(half: onnx.ModelProto, feeds: Feeds) -> Feeds:
+    """Build a strongly typed TensorRT engine of ``half`` for the feeds' shapes and run it."""
+    import tempfile
+
+    from onnxpass.trt_build.build import BuildOptions, build
+    from onnxpass.trt_build.engine import Engine
+
+    inputs = {i.name for i in half.graph.input}
+    shapes = [f"{k}:{'x'.join(map(str, v.shape))}" for k, v in feeds.items() if k in inputs]
+    with tempfile.TemporaryDirectory(prefix="onnxpass-precision-") as tmp:
+        src, engine = Path(tmp) / "candidate.onnx", Path(tmp) / "candidate.plan"
+        onnx.save(half, src)
+        build(str(src), str(engine), BuildOptions(shapes=shapes, strongly_typed=True),
+              log=lambda _: None)
+        return Engine(str(engine)).infer(feeds)
+
+
+def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
+              form: str = "mixed", progress: Callable[[str], None] | None = None,
+              runner: str = "onnxruntime") -> PrecisionResult:
+    if runner not in RUNNERS:
+        raise OnnxpassError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    if runner == "tensorrt":
+        from onnxpass.trt_build import import_tensorrt
+
+        import_tensorrt()  # the one-line error before any work
+    run_half = trt_runner if runner == "tensorrt" else ort_runner
     feeds = feeds if feeds is not None else random_inputs(model)
     want = run(model, feeds)
     runs = 0
@@ -103,12 +138,10 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: dict[str, np.ndarray] |
         work = onnx.ModelProto()
         work.CopyFrom(model)
         half, _ = rewrite(work, [Float16(form, keep_nodes=pins)])
-        got = run(simulate_float16(half), feeds)
+        got = run_half(half, feeds)
         ok, errs = True, {}
         for k, e in want.items():
-            scale = float(np.abs(e).max()) if e.size else 0.0
-            s = error_stats(k, e, got[k], rtol=tol, atol=tol * (scale or 1.0))
-            errs[k] = s.abs_max / (scale or 1.0)
+            s, errs[k] = scaled_stats(k, e, got[k], tol)
             ok = ok and s.within
         worst = errs
         return ok
@@ -138,10 +171,11 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: dict[str, np.ndarray] |
 
 
 def debug_precision(path: str | os.PathLike[str], tol: float, output: str | os.PathLike[str],
-                    feeds: dict[str, np.ndarray] | None = None, form: str = "mixed",
-                    progress: Callable[[str], None] | None = None) -> PrecisionResult:
+                    feeds: Feeds | None = None, form: str = "mixed",
+                    progress: Callable[[str], None] | None = None, runner: str = "onnxruntime"
+                    ) -> PrecisionResult:
     model = onnx.load(str(path))
-    result = find_pins(model, tol, feeds, form, progress)
+    result = find_pins(model, tol, feeds, form, progress, runner)
     try:
         Path(output).write_text(result.pin_file(tol, form))
     except OSError as e:

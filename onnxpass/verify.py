@@ -70,6 +70,26 @@ def _float_stats(name: str, e64: np.ndarray, a64: np.ndarray, rtol: float, atol:
                       float(rel.mean()), float(np.median(rel)), float(rel.max()), within)
 
 
+def output_scale(expected: np.ndarray) -> float:
+    """max |x| over the finite elements of a float output (1.0 when none or all zero): the
+    scale of tolerances relative to an output, where elementwise relative error means nothing
+    for elements near zero. NaNs are left to :func:`error_stats`, which wants them to match."""
+    e = np.asarray(expected)
+    if e.dtype.kind not in "fc" or e.size == 0:
+        return 1.0
+    finite = np.abs(e[np.isfinite(e)])
+    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+
+
+def scaled_stats(name: str, expected: np.ndarray, actual: np.ndarray, tol: float
+                 ) -> tuple[ErrorStats, float]:
+    """:func:`error_stats` with ``rtol = tol`` and ``atol = tol * output_scale``, and the max
+    error over that scale (what "within 1e-2 relative" of a float16 graph means here)."""
+    scale = output_scale(expected)
+    s = error_stats(name, expected, actual, rtol=tol, atol=tol * scale)
+    return s, s.abs_max / scale
+
+
 def session(model: onnx.ModelProto | str | os.PathLike[str]):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 

@@ -6,7 +6,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-# ---- real-model exports (tests/test_real_models.py) ---------------------------------------------
+# ---- real-model exports, each made once per session ---------------------------------------------
 
 import pytest  # noqa: E402
 
@@ -18,3 +18,30 @@ def real_models(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     from tests.models import ExportCache
 
     return ExportCache(tmp_path_factory.mktemp("real_models"))
+
+
+@pytest.fixture(scope="session")
+def anchordetr(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The AnchorDETR-style model (tests/models_anchordetr.py), its counts and exports."""
+    from tests.models_anchordetr import AnchorDETRExports
+
+    return AnchorDETRExports(tmp_path_factory.mktemp("anchordetr"))
+
+
+@pytest.fixture(scope="session")
+def mstpp_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The tiny MST++ (tests/models_mstpp.py) and ``exporter -> path``."""
+    from tests.models import lazy_exports
+    from tests.models_mstpp import mstpp
+
+    built = mstpp()
+    return built, lazy_exports(built, tmp_path_factory.mktemp("mstpp"), "mstpp")
+
+
+@pytest.fixture(scope="session")
+def deit_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``exporter -> path`` of the DeiT of tests/models_attention.py."""
+    from tests.models import lazy_exports
+    from tests.models_attention import deit
+
+    return lazy_exports(deit(), tmp_path_factory.mktemp("deit"), "deit")

@@ -29,10 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+
+from onnxpass.verify import random_inputs
 
 D, HEADS, FFN = 32, 2, 64
 CHANNELS, HEIGHT, WIDTH = 16, 6, 8      # the feature map: H != W catches row/column mix-ups
@@ -291,3 +295,25 @@ def export(model: nn.Module, args: tuple[torch.Tensor, ...], exporter: str, path
             program.save(str(path))
         else:
             raise ValueError(exporter)
+
+
+class AnchorDETRExports:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.model, self.args = build()
+        self.counts = torch_counts(self.model, self.args)
+        self._paths: dict[str, Path] = {}
+
+    def export(self, exporter: str) -> Path:
+        if exporter not in self._paths:
+            self._paths[exporter] = self.root / f"anchordetr-{exporter}.onnx"
+            export(self.model, self.args, exporter, self._paths[exporter])
+        return self._paths[exporter]
+
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        """The padded batch the model was built with; random features with a random mask; and
+        an all-padding image, whose -inf rows are NaN and must stay NaN, no more, no less."""
+        real = {"features": self.args[0].numpy(), "pad": self.args[1].numpy()}
+        empty = {"features": real["features"], "pad": real["pad"].copy()}
+        empty["pad"][1] = True
+        return [real, random_inputs(onnx.load(str(self.export("torchscript"))), seed=3), empty]

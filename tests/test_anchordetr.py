@@ -11,7 +11,6 @@ Expected counts come from running the torch model (models_anchordetr.torch_count
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,37 +20,10 @@ import pytest
 import onnxpass
 from onnxpass.plugins.base import DOMAIN
 from onnxpass.verify import compare_models, random_inputs
-from tests.models_anchordetr import Counts, build, export, torch_counts
+from tests.models_anchordetr import AnchorDETRExports, Counts, torch_counts
 
 EXPORTERS = ("torchscript", "dynamo")
 RTOL, ATOL = 1e-5, 1e-5
-
-
-class AnchorDETRExports:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.model, self.args = build()
-        self.counts = torch_counts(self.model, self.args)
-        self._paths: dict[str, Path] = {}
-
-    def export(self, exporter: str) -> Path:
-        if exporter not in self._paths:
-            self._paths[exporter] = self.root / f"anchordetr-{exporter}.onnx"
-            export(self.model, self.args, exporter, self._paths[exporter])
-        return self._paths[exporter]
-
-    def feeds(self) -> list[dict[str, np.ndarray]]:
-        """The padded batch the model was built with; random features with a random mask; and
-        an all-padding image, whose -inf rows are NaN and must stay NaN, no more, no less."""
-        real = {"features": self.args[0].numpy(), "pad": self.args[1].numpy()}
-        empty = {"features": real["features"], "pad": real["pad"].copy()}
-        empty["pad"][1] = True
-        return [real, random_inputs(onnx.load(str(self.export("torchscript"))), seed=3), empty]
-
-
-@pytest.fixture(scope="session")
-def anchordetr(tmp_path_factory: pytest.TempPathFactory) -> AnchorDETRExports:
-    return AnchorDETRExports(tmp_path_factory.mktemp("anchordetr"))
 
 
 def ops(model: onnx.ModelProto) -> Counter[str]:

@@ -20,26 +20,13 @@ from onnxpass.cli import main
 from onnxpass.plugins.base import DOMAIN
 from onnxpass.testing.golden import GoldenCase
 from onnxpass.verify import error_stats, run
-from tests.models import EXPORTERS, MODELS, export
+from tests.models import EXPORTERS, MODELS
 from tests.models_attention import (MINILM_LAYERS, attention_count, deit, minilm_cache,
                                     minilm_path, padded_inputs)
 
 FORMS = ("std", "plugin", "trt")
 RTOL, ATOL = 1e-5, 1e-6  # error_stats defaults (float32 graphs)
 GOLDENS = Path(__file__).parent / "goldens" / "attention"
-
-
-@pytest.fixture(scope="session")
-def deit_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("deit")
-
-    @functools.cache
-    def path(exporter: str) -> Path:
-        p = root / f"deit-{exporter}.onnx"
-        export(deit(), exporter, p)
-        return p
-
-    return path
 
 
 @functools.cache

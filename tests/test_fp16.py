@@ -13,7 +13,8 @@ import pytest
 import onnxpass
 from onnxpass.debug_precision import simulate_float16
 from onnxpass.passes.fp16 import Float16, read_pins
-from onnxpass.verify import error_stats, random_inputs, run
+from tests.models_attention import minilm_cache, minilm_path, padded_inputs
+from onnxpass.verify import error_stats, random_inputs, run, scaled_stats
 
 RTOL = 1e-2
 REAL = [(m, e) for m in ("vit", "bert", "clip_text", "clip_vision", "detr", "mobilevit", "levit",
@@ -29,20 +30,20 @@ def fp16(model: onnx.ModelProto, *passes: object) -> onnx.ModelProto:
     return out
 
 
-def scaled_error(model: onnx.ModelProto, half: onnx.ModelProto) -> dict[str, float]:
-    """Per output: max |fp16 - fp32| / max |fp32| (elementwise relative error is meaningless
-    for elements near zero), asserting ``error_stats`` agrees at that scale. The float16 graph
-    runs as is and as simulated with every node's output rounded (ORT's CPU provider keeps
-    float32 values along chains of ops that lack float16 kernels); the worse counts."""
-    feeds = random_inputs(model, seed=0)
-    want, got, sim = run(model, feeds), run(half, feeds), run(simulate_float16(half), feeds)
-    out = {}
-    for k, e in want.items():
-        scale = float(np.abs(e).max()) or 1.0
-        s = error_stats(k, e, got[k], rtol=RTOL, atol=RTOL * scale)
-        s2 = error_stats(k, e, sim[k], rtol=RTOL, atol=RTOL * scale)
-        assert s.within and s2.within, (s.line(), s2.line())
-        out[k] = max(s.abs_max, s2.abs_max) / scale
+def scaled_error(model: onnx.ModelProto, half: onnx.ModelProto,
+                 feeds: list[dict[str, np.ndarray]] | None = None) -> dict[str, float]:
+    """Per output: max |fp16 - fp32| / max |fp32| over the finite elements (elementwise relative
+    error is meaningless for elements near zero; NaNs must match), asserting ``scaled_stats``
+    finds every element within RTOL at that scale. The float16 graph runs as is and as
+    simulated with every node's output rounded (ORT's CPU provider keeps float32 values along
+    chains of ops that lack float16 kernels); the worse counts, over all ``feeds``."""
+    out: dict[str, float] = {}
+    for f in feeds or [random_inputs(model, seed=0)]:
+        want, got, sim = run(model, f), run(half, f), run(simulate_float16(half), f)
+        for k, e in want.items():
+            (s, err), (s2, err2) = scaled_stats(k, e, got[k], RTOL), scaled_stats(k, e, sim[k], RTOL)
+            assert s.within and s2.within, (s.line(), s2.line())
+            out[k] = max(out.get(k, 0.0), err, err2)
     return out
 
 
@@ -65,6 +66,41 @@ def test_real_model_fp16(real_models, name: str, exporter: str) -> None:  # type
     print(f"\n{name}-{exporter}: casts added {casts}, nodes {len(types)} kinds, "
           + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
     assert fp16(half).graph.node == half.graph.node  # a second run changes nothing
+
+
+def _other_model(request: pytest.FixtureRequest, name: str, exporter: str
+                 ) -> tuple[onnx.ModelProto, list[dict[str, np.ndarray]]]:
+    """The test graphs outside tests/models.py, with the feeds their own tests use."""
+    if name == "anchordetr":
+        ad = request.getfixturevalue("anchordetr")
+        return onnx.load(str(ad.export(exporter))), ad.feeds()
+    if name == "mstpp":
+        built, get = request.getfixturevalue("mstpp_exports")
+        return onnx.load(str(get(exporter))), [{"rgb": built.args[0].numpy()}]
+    if name == "deit":
+        model = onnx.load(str(request.getfixturevalue("deit_exports")(exporter)))
+        return model, [random_inputs(model, seed=0)]
+    path = minilm_path(minilm_cache())
+    if isinstance(path, str):
+        pytest.skip(path)
+    model = onnx.load(str(path))
+    return model, [padded_inputs(model)]
+
+
+OTHER = [("anchordetr", "torchscript"), ("anchordetr", "dynamo"), ("mstpp", "torchscript"),
+         ("mstpp", "dynamo"), ("deit", "torchscript"), ("deit", "dynamo"), ("minilm", "wheel")]
+
+
+@pytest.mark.parametrize("name,exporter", OTHER, ids=[f"{m}-{e}" for m, e in OTHER])
+def test_other_model_fp16(request: pytest.FixtureRequest, name: str, exporter: str) -> None:
+    """AnchorDETR-style (its all-padding image gives NaN rows, which must stay NaN and no more),
+    MST++, DeiT and the MiniLM wheel's graph (padded masks): float16 within 1e-2."""
+    model, feeds = _other_model(request, name, exporter)
+    half = fp16(model)
+    onnx.checker.check_model(half)
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer) > 0
+    errs = scaled_error(model, half, feeds)
+    print(f"\n{name}-{exporter}: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
 
 
 def _toy() -> onnx.ModelProto:
@@ -164,3 +200,82 @@ def test_fp16_after_pipeline(real_models, name: str, exporter: str, pipeline: st
     onnx.checker.check_model(half)
     errs = scaled_error(model, half)
     print(f"\n{name}-{exporter}-{pipeline}+fp16: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+
+
+def test_eps_below_float16_stays_nonzero() -> None:
+    """sum / max(count, 1e-9) over an all-padding row: 0 in float32, and 0 in float16 too (1e-9
+    becomes float16's smallest subnormal, not 0, which would make it 0 / 0 = NaN)."""
+    from onnxpass.testing.golden import GoldenCase
+
+    case = GoldenCase.parse(Path(__file__).parent / "goldens" / "fp16" /
+                           "tiny_constant_stays_nonzero.golden")
+    model = onnx.parser.parse_model(case.source)
+    rng = np.random.default_rng(0)
+    feeds = {"h": rng.standard_normal((2, 8, 4)).astype(np.float32),
+             "mask": np.array([[1] * 5 + [0] * 3, [0] * 8], np.float32)}
+    errs = scaled_error(model, fp16(model), [feeds])
+    assert errs["y"] < 1e-2
+
+
+def test_debug_precision_ignores_matching_nans(anchordetr) -> None:  # type: ignore[no-untyped-def]
+    """The all-padding image's NaN rows are NaN in float32 and float16 alike: not an error. The
+    AnchorDETR-style model needs no pins at 1e-2, and the reported errors are finite."""
+    from onnxpass.debug_precision import find_pins
+
+    model = onnx.load(str(anchordetr.export("torchscript")))
+    feeds = anchordetr.feeds()[2]
+    assert np.isnan(run(model, feeds)["logits"]).any()
+    r = find_pins(model, 1e-2, feeds)
+    assert (r.ok, r.pins, r.runs) == (True, [], 1)
+    assert all(0 < v < 1e-2 for v in r.worst.values()), r.worst
+
+
+def test_run_reads_the_pin_list(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``onnxpass run --passes fp16 --fp16-pins FILE``, as debug precision suggests; with no fp16
+    pass to read it, or an unreadable file: one line, exit 2, nothing written."""
+    from onnxpass.cli import main
+
+    src, out = tmp_path / "toy.onnx", tmp_path / "out.onnx"
+    onnx.save(_toy(), src)
+    pins = tmp_path / "pins.txt"
+    pins.write_text("op:Exp\n")
+    assert main(["run", str(src), "--passes", "fp16", "--fp16-pins", str(pins), "-o", str(out),
+                 "-q"]) == 0
+    F, H = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert _float_ops(onnx.load(str(out))) == {"Relu": H, "Exp": F, "Softmax": F}
+    out.unlink()
+    for passes, pin_file, message in [("cleanup", pins, "which does not run here"),
+                                      ("fp16", tmp_path / "none.txt", "cannot read the pin list")]:
+        capsys.readouterr()
+        assert main(["run", str(src), "--passes", passes, "--fp16-pins", str(pin_file),
+                     "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and not out.exists()
+
+
+def _tensorrt_missing() -> str | None:
+    from onnxpass.trt_build import TensorRTMissing, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except TensorRTMissing as e:
+        return str(e)
+    return None
+
+
+def test_debug_precision_tensorrt_runner(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--runner tensorrt``: strongly typed engines of the candidates. Without TensorRT it is a
+    one-line error and no pin list is written; with it, the same pins as ONNX Runtime finds."""
+    from onnxpass.cli import main
+
+    path, pins = _overflow(tmp_path), tmp_path / "pins.txt"
+    argv = ["debug", "precision", str(path), "--tol", "1e-2", "-o", str(pins), "--runner",
+            "tensorrt"]
+    missing = _tensorrt_missing()
+    if missing is not None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "TensorRT is not installed" in err and not pins.exists()
+        pytest.skip(f"the TensorRT half of this test: {missing}")
+    assert main(argv) == 0
+    assert read_pins(pins) == (set(), {"b", "y"})

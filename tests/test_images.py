@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 from PIL import Image
 
 from onnxpass.cli import main
-from onnxpass.compare import compare
 from onnxpass.errors import OnnxpassError
 from onnxpass.images import IMAGENET_MEAN, IMAGENET_STD, feeds_from, load_image_folder
 from onnxpass.verify import random_inputs
@@ -149,11 +147,6 @@ def test_cli_bad_mean_std(folder: Path, tmp_path: Path, capsys, flag: str) -> No
                    "e.g. 0.5,0.5,0.5")
 
 
-wired = pytest.mark.skipif("mean" not in inspect.signature(compare).parameters,
-                           reason="compare() does not take images' mean/std yet")
-
-
-@wired
 def test_cli_compare_images(folder: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     a = _save(_model(), tmp_path / "a.onnx")
     assert main(["compare", str(a), str(a), "--inputs", str(folder), "--json",
@@ -161,7 +154,6 @@ def test_cli_compare_images(folder: Path, tmp_path: Path, capsys) -> None:  # ty
     assert json.loads(capsys.readouterr().out)["outputs"][0]["top1"] == 1.0
 
 
-@wired
 @pytest.mark.parametrize("x,message", [("float[N,16]", "the model has no image input"),
                                        ("float[2,3,8,8]", "3 images, but input 'pixel_values'")])
 def test_cli_compare_image_errors(folder: Path, tmp_path: Path, capsys, x: str,  # type: ignore[no-untyped-def]

@@ -14,9 +14,9 @@ import pytest
 import onnxpass
 from onnxpass.plugins.base import DOMAIN
 from onnxpass.verify import error_stats, run
-from tests.models import lazy_exports, torch_counts
+from tests.models import torch_counts
 from tests.models_attention import attention_count
-from tests.models_mstpp import l2norm_calls, mstpp
+from tests.models_mstpp import l2norm_calls
 
 RTOL, ATOL = 1e-5, 1e-5  # float32; atol for elements near zero
 # dynamo writes F.normalize the same at opset 18 and 20: tests/models.py's dynamo18 adds nothing.
@@ -24,12 +24,6 @@ EXPORTERS = ("torchscript", "dynamo")
 # Left behind by any unfused instance: F.normalize's ReduceL2/Clip/Expand, LayerNorm's
 # ReduceMean, GELU's Erf.
 DECOMPOSED = {"ReduceL2", "ReduceSum", "Clip", "Expand", "ReduceMean", "Erf"}
-
-
-@pytest.fixture(scope="session")
-def mstpp_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    built = mstpp()
-    return built, lazy_exports(built, tmp_path_factory.mktemp("mstpp"), "mstpp")
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -194,6 +194,22 @@ def test_build_and_bench_with_tensorrt(tiny: Path, tmp_path: Path) -> None:
     assert rec["model"]["sha256"] == tbuild.sha256_file(tiny) and cache.stat().st_size > 0
     assert cli.main(["bench", str(engine), "--warmup", "0.1", "--iterations", "10",
                      "--profile"]) == 0
+    # compare runs the engine in TensorRT on the same feeds as the model in ONNX Runtime.
+    assert cli.main(["compare", str(tiny), str(engine), "--dim", "batch=4"]) == 0
+
+
+@pytest.mark.skipif(TRT_MISSING is not None, reason=TRT_MISSING or "")
+def test_strongly_typed_fp16_build_with_pins(tiny: Path, tmp_path: Path) -> None:
+    pins = tmp_path / "pins.txt"
+    pins.write_text("op:Relu\n")
+    engine = tmp_path / "tiny16.plan"
+    assert cli.main(["build", str(tiny), "-o", str(engine), "--precision", "fp16",
+                     "--strongly-typed", "--shapes", "x:4x3x8", "--fp16-pins", str(pins)]) == 0
+    built = onnx.load(str(tbuild.rewritten_path(engine)))
+    relu = next(n for n in built.graph.node if n.op_type == "Relu")
+    assert relu.input[0] == "x"  # pinned: reads the float32 input, no Cast
+    assert cli.main(["compare", str(tiny), str(engine), "--dim", "batch=4", "--rtol", "1e-2",
+                     "--atol", "1e-2"]) == 0
 
 
 def test_pyright_clean_against_tensorrt_stubs() -> None:
@@ -207,6 +223,24 @@ def test_pyright_clean_against_tensorrt_stubs() -> None:
     r = subprocess.run(["pyright", "-p", str(ROOT / "pyrightconfig.json")], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_build_reads_the_pin_list(tiny: Path, tmp_path: Path) -> None:
+    """``build --fp16-pins``: the fp16 pass it runs keeps the listed nodes float32; a pin list
+    no fp16 pass would read, or one that cannot be read, is a one-line error."""
+    pins = tmp_path / "pins.txt"
+    pins.write_text("op:Relu\n")
+    out = tbuild.rewritten_path(tmp_path / "tiny.plan")
+    tbuild._rewrite(str(tiny), "fp16", out, str(pins))
+    types = {n.op_type: n.input[0] for n in onnx.load(str(out)).graph.node}
+    assert types["Relu"] == "x" and types["Add"] != "r"  # Relu float32; Add reads a Cast of r
+    with pytest.raises(OnnxpassError, match="for the fp16 pass, which does not run here"):
+        tbuild._rewrite(str(tiny), "cleanup", out, str(pins))
+    args = cli._parser().parse_args(["build", "m.onnx", "--fp16-pins", str(pins)])
+    assert tbuild.options_from_args(args).fp16_pins == str(pins)
+    bad = cli._parser().parse_args(["build", "m.onnx", "--fp16-pins", str(tmp_path / "no.txt")])
+    with pytest.raises(OnnxpassError, match="no.txt: cannot read the pin list"):
+        tbuild.options_from_args(bad)
 
 
 def test_passes_rewrite_beside_the_engine(tiny: Path, tmp_path: Path) -> None:

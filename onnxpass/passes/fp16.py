@@ -23,7 +23,8 @@ Forms: ``mixed`` (default) pins the above; ``all`` pins only what cannot be floa
 
 Casts: one Cast per value and direction, only where a float32 island meets float16 (shared by all
 consumers). Float32 constants used by float16 nodes become float16 initializers (clipped to
-+-65504, infinities kept); a pinned node keeps reading the float32 original. ``Cast(to=float)``
++-65504, infinities kept, nonzero values below 2^-24 raised to it so that an eps stays nonzero);
+a pinned node keeps reading the float32 original. ``Cast(to=float)``
 in a float16 region casts to float16 instead. Graph inputs and outputs stay float32 (a Cast at
 each): callers feed and read what they did before, and ``keep_io_types=False`` makes them float16.
 Boundary Casts carry metadata ``onnxpass.fp16=boundary`` so a second run leaves them alone.
@@ -38,6 +39,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxpass.errors import OnnxpassError
 from onnxpass.graph import Graph, Node, _subgraph_captures
 from onnxpass.passes.base import Pass, PassContext, register
 from onnxpass.passes.layernorm import layernorm_pattern
@@ -46,6 +48,7 @@ from onnxpass.patterns.matcher import Tracer
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0
+FP16_TINY = 2.0 ** -24  # the smallest positive float16 (subnormal)
 DEFAULT_KEEP_OPS = frozenset({"LayerNormalization", "GroupNormalization", "InstanceNormalization",
                               "RMSNormalization", "Softmax", "LogSoftmax"})
 BOUNDARY = {"onnxpass.fp16": "boundary"}
@@ -57,7 +60,12 @@ _LAYERNORM = Rule("fp16-layernorm", layernorm_pattern, rewrite=lambda op, m: m["
 def read_pins(path: str | os.PathLike[str]) -> tuple[set[str], set[str]]:
     """A pin-list file -> (op types, node names)."""
     ops, nodes = set(), set()
-    for line in Path(path).read_text().splitlines():
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise OnnxpassError(f"{path}: cannot read the pin list: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
+    for line in text.splitlines():
         entry = line.split("#", 1)[0].strip()
         kind, sep, value = entry.partition(":")
         if not entry:
@@ -67,6 +75,18 @@ def read_pins(path: str | os.PathLike[str]) -> tuple[set[str], set[str]]:
         else:
             nodes.add(value.strip() if sep and kind == "node" else entry)
     return ops, nodes
+
+
+def apply_pins(passes: list[Pass], path: str | os.PathLike[str] | None, where: str) -> None:
+    """Give the pin list at ``path`` to every fp16 pass in ``passes``; an error when none is."""
+    if path is None:
+        return
+    found = [p for p in passes if isinstance(p, Float16)]
+    if not found:
+        raise OnnxpassError(f"{where}: a pin list ({path}) is for the fp16 pass, which does not "
+                            f"run here")
+    for p in found:
+        p.add_pins(path)
 
 
 def node_key(n: Node) -> str:
@@ -88,10 +108,14 @@ class Float16(Pass):
         self.keep_nodes = set(keep_nodes)
         pins = pins or os.environ.get("ONNXPASS_FP16_PINS")
         if pins:
-            ops, nodes = read_pins(pins)
-            self.keep_ops |= ops
-            self.keep_nodes |= nodes
+            self.add_pins(pins)
         self.keep_io_types = keep_io_types
+
+    def add_pins(self, path: str | os.PathLike[str]) -> None:
+        """Pin what a pin-list file names, on top of the pins so far."""
+        ops, nodes = read_pins(path)
+        self.keep_ops |= ops
+        self.keep_nodes |= nodes
 
     def run(self, ctx: PassContext) -> int:
         g = ctx.graph
@@ -249,7 +273,12 @@ def _half_params(g: Graph, n: Node) -> tuple[list[str | None], list[str | None]]
 
 
 def _to_half(a: np.ndarray | None) -> np.ndarray:
+    """Finite values clipped to +-65504; a nonzero value below float16's smallest subnormal
+    becomes that subnormal, with its sign: an eps must not turn into zero (a mean pooling's
+    ``sum / max(count, 1e-9)`` over an all-padding row would be 0 / 0)."""
     assert a is not None
+    tiny = (a != 0) & (np.abs(a) < FP16_TINY)
+    a = np.where(tiny, np.copysign(FP16_TINY, a), a)
     return np.where(np.isinf(a), a, np.clip(a, -FP16_MAX, FP16_MAX)).astype(np.float16)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from onnxpass.errors import OnnxpassError
 from onnxpass.trt_build import import_tensorrt
 from onnxpass.trt_build.build import parse_shapes
+from onnxpass.trt_build.engine import Engine
 
 
 @dataclass
@@ -98,56 +99,8 @@ def bench_onnx(path: str, shapes: Sequence[str], warmup_s: float, iterations: in
     return [latency_stats("onnxruntime CPUExecutionProvider", times, batch)]
 
 
-def _dims(d: Any) -> tuple[int, ...]:
-    """A tensorrt.Dims -> tuple (Dims has __len__ and __getitem__, no __iter__)."""
-    return tuple(d[i] for i in range(len(d)))
-
-
-class _Engine:
-    """A deserialized engine with device buffers for one set of input shapes."""
-
-    def __init__(self, path: str, shapes: Sequence[str]) -> None:
-        import tensorrt as trt
-        import torch
-
-        if not torch.cuda.is_available():
-            raise OnnxpassError("timing a TensorRT engine needs a CUDA build of torch and a GPU")
-        self.trt, self.torch = trt, torch
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        trt.init_libnvinfer_plugins(self.logger, "")
-        engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(path).read_bytes())
-        if engine is None:
-            raise OnnxpassError(f"{path}: TensorRT cannot deserialize it (built by another "
-                                f"TensorRT version or for another GPU?)")
-        self.engine = engine
-        self.context = engine.create_execution_context()
-        given = {n: opt for n, _, opt, _ in parse_shapes(shapes)}
-        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        for n in set(given) - set(inputs):
-            raise OnnxpassError(f"--shapes: engine has no input {n!r}; inputs: {', '.join(inputs)}")
-        self.batch = 1
-        for n in inputs:
-            shape = _dims(engine.get_tensor_shape(n))
-            if n in given:
-                shape = given[n]
-            elif any(d < 0 for d in shape):  # dynamic: the profile's opt shape
-                shape = _dims(engine.get_tensor_profile_shape(n, 0)[1])
-            self.context.set_input_shape(n, shape)
-            self.batch = max(self.batch, shape[0] if shape else 1)
-        self.buffers = {}
-        for n in names:
-            dtype = torch.from_numpy(np.zeros(0, trt.nptype(engine.get_tensor_dtype(n)))).dtype
-            shape = _dims(self.context.get_tensor_shape(n))
-            buf = (torch.randn(shape, device="cuda").to(dtype) if dtype.is_floating_point
-                   else torch.zeros(shape, dtype=dtype, device="cuda"))
-            self.buffers[n] = buf
-            self.context.set_tensor_address(n, buf.data_ptr())
-        self.stream = torch.cuda.Stream()
-
-    def run(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise OnnxpassError("TensorRT execute_async_v3 failed (see its log above)")
+class _Engine(Engine):
+    """An engine with timing and a per-layer profile."""
 
     def time(self, warmup_s: float, iterations: int, graph: bool) -> list[float]:
         torch = self.torch

@@ -54,6 +54,7 @@ class BuildOptions:
     plugins: bool = True
     aot: bool = True
     strongly_typed: bool = False
+    fp16_pins: str | None = None  # pin list for the fp16 pass (onnxpass debug precision)
 
 
 @dataclass
@@ -238,13 +239,17 @@ def rewritten_path(engine: str | Path) -> Path:
     return Path(str(engine) + ".onnx")
 
 
-def _rewrite(model_path: str, spec: str, out: Path) -> tuple[str, list[str]]:
-    """Run passes (``spec`` as for ``onnxpass run --passes``); returns the written model's path."""
+def _rewrite(model_path: str, spec: str, out: Path, pins: str | None = None
+             ) -> tuple[str, list[str]]:
+    """Run passes (``spec`` as for ``onnxpass run --passes``, the fp16 pass with the pin list
+    ``pins``); returns the written model's path and the passes' labels."""
     from onnxpass.graph import Graph, check_model, load_model, save_model
     from onnxpass.passes.base import parse_passes
+    from onnxpass.passes.fp16 import apply_pins
     from onnxpass.passes.manager import PassManager
 
     passes = parse_passes(spec)
+    apply_pins(passes, pins, "--fp16-pins (use --strongly-typed, or fp16 in --passes)")
     model = load_model(model_path)
     check_model(model, model_path)
     graph = Graph(model, str(Path(model_path).resolve().parent))
@@ -292,9 +297,13 @@ def build(model_path: str, engine_path: str, opts: BuildOptions, log: Any = prin
         raise OnnxpassError(f"fp8 needs compute capability 8.9 or newer; {gpu} has "
                             f"{cc[0]}.{cc[1]}")
     spec = _graph_pass_spec(plan, opts.passes)
+    if opts.fp16_pins and not spec:
+        raise OnnxpassError(f"--fp16-pins {opts.fp16_pins}: no fp16 pass runs in this build "
+                            f"(TensorRT {trt.__version__} {opts.precision} uses builder flags); "
+                            f"add --strongly-typed")
     src, passes_run = model_path, []
     if spec:  # the rewritten model is kept beside the engine: it is what the engine runs
-        src, passes_run = _rewrite(model_path, spec, rewritten_path(engine_path))
+        src, passes_run = _rewrite(model_path, spec, rewritten_path(engine_path), opts.fp16_pins)
         log(f"rewrote the model with {','.join(passes_run)} -> {src}")
     plugins = _register_plugins(load_model(src) if spec else model, opts) if opts.plugins else []
     serialized = _build_engine(src, plan, profile, opts, bool(plugins))
@@ -391,6 +400,10 @@ def options_from_args(args: Any) -> BuildOptions:
     if args.opt_level is not None and not 0 <= args.opt_level <= 5:
         raise OnnxpassError(f"--opt-level {args.opt_level}: expected 0 to 5")
     parse_shapes(args.shapes)
+    if args.fp16_pins:
+        from onnxpass.passes.fp16 import read_pins
+
+        read_pins(args.fp16_pins)
     if args.passes:
         from onnxpass.passes.base import parse_passes
 
@@ -400,7 +413,7 @@ def options_from_args(args: Any) -> BuildOptions:
         workspace=parse_size(args.workspace) if args.workspace else None,
         pools=parse_pools(args.pool), timing_cache=args.timing_cache, opt_level=args.opt_level,
         passes=args.passes, plugins=not args.no_plugins, aot=not args.jit,
-        strongly_typed=args.strongly_typed)
+        strongly_typed=args.strongly_typed, fp16_pins=args.fp16_pins)
 
 
 def add_arguments(p: Any) -> None:
@@ -418,6 +431,8 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--timing-cache", metavar="FILE", help="read (if present) and update this cache")
     p.add_argument("--opt-level", type=int, help="builder optimization level 0-5 (default 3)")
     p.add_argument("--passes", help="rewrite with these passes first (as onnxpass run --passes)")
+    p.add_argument("--fp16-pins", metavar="FILE",
+                   help="nodes the fp16 pass keeps float32 (onnxpass debug precision writes it)")
     p.add_argument("--no-plugins", action="store_true", help="do not register onnxpass plugins")
     p.add_argument("--jit", action="store_true",
                    help="plugins through their JIT (Python) implementation, not AOT")
