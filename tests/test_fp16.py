@@ -13,6 +13,7 @@ import pytest
 import onnxpass
 from onnxpass.debug_precision import simulate_float16
 from onnxpass.passes.fp16 import Float16, read_pins
+from tests.helpers import tensorrt_missing
 from tests.models_attention import minilm_cache, minilm_path, padded_inputs
 from onnxpass.verify import error_stats, random_inputs, run, scaled_stats
 
@@ -253,16 +254,6 @@ def test_run_reads_the_pin_list(tmp_path, capsys) -> None:  # type: ignore[no-un
         assert err.count("\n") == 1 and message in err and not out.exists()
 
 
-def _tensorrt_missing() -> str | None:
-    from onnxpass.trt_build import TensorRTMissing, import_tensorrt
-
-    try:
-        import_tensorrt()
-    except TensorRTMissing as e:
-        return str(e)
-    return None
-
-
 def test_debug_precision_tensorrt_runner(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     """``--runner tensorrt``: strongly typed engines of the candidates. Without TensorRT it is a
     one-line error and no pin list is written; with it, the same pins as ONNX Runtime finds."""
@@ -271,7 +262,7 @@ def test_debug_precision_tensorrt_runner(tmp_path, capsys) -> None:  # type: ign
     path, pins = _overflow(tmp_path), tmp_path / "pins.txt"
     argv = ["debug", "precision", str(path), "--tol", "1e-2", "-o", str(pins), "--runner",
             "tensorrt"]
-    missing = _tensorrt_missing()
+    missing = tensorrt_missing()
     if missing is not None:
         assert main(argv) == 2
         err = capsys.readouterr().err
