@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("debug", help="debug precision MODEL --tol T: find the nodes to keep "
-                                     "float32 for the fp16 pass; writes a pin list")
+                                     "float32 for the fp16 (or bf16) pass; writes a pin list")
     d.add_argument("what", choices=["precision"])
     d.add_argument("model")
     d.add_argument("--tol", type=float, required=True,
@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(default), or as strongly typed TensorRT engines (needs TensorRT)")
     d.add_argument("--form", choices=["mixed", "all"], default="mixed",
                    help="fp16 form the pins add to (default: mixed)")
+    d.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16",
+                   help="the pass the pins are for (default: fp16; pin list MODEL.DTYPEpins.txt)")
     d.add_argument("--inputs", help=".npz of inputs (default: random)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--dim", action="append", default=[], metavar="NAME=N")
@@ -370,12 +372,12 @@ def cmd_debug(args: argparse.Namespace) -> int:
     from onnxpass.verify import load_inputs, random_inputs
 
     src = Path(args.model)
-    out = Path(args.output) if args.output else src.with_name(src.stem + ".fp16pins.txt")
+    out = Path(args.output) if args.output else src.with_name(src.stem + f".{args.dtype}pins.txt")
     model = _load(str(src)).model
     feeds = load_inputs(args.inputs) if args.inputs else random_inputs(
         model, args.seed, _parse_dims(args.dim))
     progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
-    r = debug_precision(src, args.tol, out, feeds, args.form, progress, args.runner)
+    r = debug_precision(src, args.tol, out, feeds, args.form, progress, args.runner, args.dtype)
     if args.json:
         print(json.dumps({"ok": r.ok, "pins": r.pins, "runs": r.runs, "worst": r.worst,
                           "output": str(out)}, indent=2))
@@ -384,8 +386,8 @@ def cmd_debug(args: argparse.Namespace) -> int:
         print("; ".join(f"{k}: max error {v:.3g} of max |ref|" for k, v in r.worst.items()))
         print(f"wrote {out}" + ("" if r.ok else " (tolerance not reached even all float32)"))
         if r.ok:
-            print(f"use it: onnxpass build {src} --precision fp16 --fp16-pins {out}  (or onnxpass "
-                  f"run {src} --passes fp16 --fp16-pins {out})")
+            print(f"use it: onnxpass build {src} --precision {args.dtype} --fp16-pins {out}  (or "
+                  f"onnxpass run {src} --passes {args.dtype} --fp16-pins {out})")
     return 0 if r.ok else EXIT_VERIFY_FAILED
 
 

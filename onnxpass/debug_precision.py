@@ -9,6 +9,8 @@ nodes not yet pinned whose pinning makes it pass; the prefix's last node is need
 go on. Each pin costs about log2(n) runs. The result is a pin list the fp16 pass reads
 (``Float16(pins=PATH)`` or ``ONNXPASS_FP16_PINS``): one ``node:NAME`` a line.
 
+``dtype="bf16"`` (``--dtype bf16``) does the same for bfloat16 and the ``bf16`` pass.
+
 Runners (``runner=``): ``onnxruntime`` (default) runs :func:`simulate_float16` of the float16
 graph: ORT's CPU provider lacks float16 kernels for most ops, runs them in float32 and keeps
 float32 values along chains of such nodes, so the float16 graph itself would look far more
@@ -30,7 +32,7 @@ import onnx
 from onnxpass.api import rewrite
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import Graph
-from onnxpass.passes.fp16 import Float16, _half_outputs, node_key
+from onnxpass.passes.fp16 import BFloat16, Float16, _half_outputs, node_key
 from onnxpass.verify import random_inputs, run, scaled_stats
 
 
@@ -41,30 +43,31 @@ class PrecisionResult:
     runs: int
     worst: dict[str, float] = field(default_factory=dict)  # per output, max err / max |ref|
 
-    def pin_file(self, tol: float, form: str) -> str:
-        head = f"# onnxpass debug precision: float32 pins for fp16={form}, tol {tol:g}\n"
+    def pin_file(self, tol: float, form: str, dtype: str = "fp16") -> str:
+        head = f"# onnxpass debug precision: float32 pins for {dtype}={form}, tol {tol:g}\n"
         return head + "".join(f"node:{p}\n" for p in self.pins)
 
 
 def simulate_float16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A float32 model computing what the float16 ``model`` computes when every node rounds its
-    output to float16: each op runs in float32, each float16 value goes through
-    Cast(to float16) -> Cast(to float32), float16 initializers are widened exactly. ONNX Runtime
-    keeps such Cast pairs; it does not keep the float16 values of a float16 graph on CPU."""
-    H, F = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    """A float32 model computing what the float16 (or bfloat16) ``model`` computes when every
+    node rounds its output to its type: each op runs in float32, each float16 or bfloat16 value
+    goes through Cast(to its type) -> Cast(to float32), such initializers and Constants are
+    widened exactly. ONNX Runtime keeps such Cast pairs; it does not keep the float16 values of
+    a float16 graph on CPU, and has no bfloat16 arithmetic there at all."""
+    F, REDUCED = onnx.TensorProto.FLOAT, (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
     m = onnx.shape_inference.infer_shapes(model)
-    half = {v.name for v in [*m.graph.value_info, *m.graph.output, *m.graph.input]
-            if v.type.tensor_type.elem_type == H}
+    half = {v.name: t for v in [*m.graph.value_info, *m.graph.output, *m.graph.input]
+            if (t := v.type.tensor_type.elem_type) in REDUCED}
     for t in m.graph.initializer:
-        if t.data_type == H:
+        if t.data_type in REDUCED:
             t.CopyFrom(onnx.numpy_helper.from_array(
                 onnx.numpy_helper.to_array(t).astype(np.float32), t.name))
     nodes = []
     for n in m.graph.node:
         for a in n.attribute:
-            if n.op_type == "Cast" and a.name == "to" and a.i == H:
+            if n.op_type == "Cast" and a.name == "to" and a.i in REDUCED:
                 a.i = F
-            if n.op_type == "Constant" and a.name == "value" and a.t.data_type == H:
+            if n.op_type == "Constant" and a.name == "value" and a.t.data_type in REDUCED:
                 a.t.CopyFrom(onnx.numpy_helper.from_array(
                     onnx.numpy_helper.to_array(a.t).astype(np.float32)))
         rounded = [o for o in n.output if o in half]
@@ -72,24 +75,35 @@ def simulate_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             n.output[list(n.output).index(o)] = o + "__sim"
         nodes.append(n)
         for o in rounded:
-            nodes.append(onnx.helper.make_node("Cast", [o + "__sim"], [o + "__simh"], to=H))
+            nodes.append(onnx.helper.make_node("Cast", [o + "__sim"], [o + "__simh"],
+                                               to=half[o]))
             nodes.append(onnx.helper.make_node("Cast", [o + "__simh"], [o], to=F))
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     del m.graph.value_info[:]
     for v in [*m.graph.input, *m.graph.output]:
-        if v.type.tensor_type.elem_type == H:
+        if v.type.tensor_type.elem_type in REDUCED:
             v.type.tensor_type.elem_type = F
     return m
 
 
-def convertible(model: onnx.ModelProto) -> list[str]:
-    """Keys (name, or first output) of the nodes the fp16 pass would run in float16, in order."""
+def convertible(model: onnx.ModelProto, dtype: str = "fp16") -> list[str]:
+    """Keys (name, or first output) of the nodes the ``dtype`` pass would convert, in order."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     g = Graph(work)
     g.refresh_types()
-    return [node_key(n) for n in g.toposort() if _half_outputs(g, n)]
+    target = pass_class(dtype).target
+    return [node_key(n) for n in g.toposort() if _half_outputs(g, n, target)]
+
+
+DTYPES = {"fp16": Float16, "bf16": BFloat16}
+
+
+def pass_class(dtype: str) -> type[Float16]:
+    if dtype not in DTYPES:
+        raise OnnxpassError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 Feeds = dict[str, np.ndarray]
@@ -119,7 +133,8 @@ def trt_runner(half: onnx.ModelProto, feeds: Feeds) -> Feeds:
 
 def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
               form: str = "mixed", progress: Callable[[str], None] | None = None,
-              runner: str = "onnxruntime") -> PrecisionResult:
+              runner: str = "onnxruntime", dtype: str = "fp16") -> PrecisionResult:
+    make = pass_class(dtype)
     if runner not in RUNNERS:
         raise OnnxpassError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     if runner == "tensorrt":
@@ -137,7 +152,7 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
         runs += 1
         work = onnx.ModelProto()
         work.CopyFrom(model)
-        half, _ = rewrite(work, [Float16(form, keep_nodes=pins)])
+        half, _ = rewrite(work, [make(form, keep_nodes=pins)])
         got = run_half(half, feeds)
         ok, errs = True, {}
         for k, e in want.items():
@@ -146,7 +161,7 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
         worst = errs
         return ok
 
-    candidates = convertible(model)
+    candidates = convertible(model, dtype)
     pins: set[str] = set()
     order: list[str] = []
     if not passes(pins):
@@ -172,12 +187,12 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
 
 def debug_precision(path: str | os.PathLike[str], tol: float, output: str | os.PathLike[str],
                     feeds: Feeds | None = None, form: str = "mixed",
-                    progress: Callable[[str], None] | None = None, runner: str = "onnxruntime"
-                    ) -> PrecisionResult:
+                    progress: Callable[[str], None] | None = None, runner: str = "onnxruntime",
+                    dtype: str = "fp16") -> PrecisionResult:
     model = onnx.load(str(path))
-    result = find_pins(model, tol, feeds, form, progress, runner)
+    result = find_pins(model, tol, feeds, form, progress, runner, dtype)
     try:
-        Path(output).write_text(result.pin_file(tol, form))
+        Path(output).write_text(result.pin_file(tol, form, dtype))
     except OSError as e:
         raise OnnxpassError(f"{output}: cannot write: {e.strerror or e}") from None
     return result

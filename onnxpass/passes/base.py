@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from onnxpass.errors import UnknownPassError
 from onnxpass.graph import Graph, RewriteRefused, convert_opset
@@ -94,7 +94,10 @@ _PIPELINES: dict[str, list[str]] = {}
 _loaded_entry_points = False
 
 
-def register(cls: type[Pass]) -> type[Pass]:
+_P = TypeVar("_P", bound=type["Pass"])
+
+
+def register(cls: _P) -> _P:
     """Class decorator: make a pass available by name (to ``onnxpass run --passes``)."""
     if cls.name in _PASSES and _PASSES[cls.name] is not cls:
         raise ValueError(f"pass {cls.name} registered twice")

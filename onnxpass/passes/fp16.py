@@ -1,4 +1,4 @@
-"""fp16: run a float32 model in float16, keeping chosen ops in float32.
+"""fp16 and bf16: run a float32 model in float16 (or bfloat16), keeping chosen ops in float32.
 
 Every float32 tensor a node computes becomes float16, except in float32 *islands*: nodes that are
 pinned, by default
@@ -28,6 +28,21 @@ a pinned node keeps reading the float32 original. ``Cast(to=float)``
 in a float16 region casts to float16 instead. Graph inputs and outputs stay float32 (a Cast at
 each): callers feed and read what they did before, and ``keep_io_types=False`` makes them float16.
 Boundary Casts carry metadata ``onnxpass.fp16=boundary`` so a second run leaves them alone.
+
+``bf16`` (:class:`BFloat16`) is the same pass with bfloat16 as the target; what differs follows
+from bfloat16's float32-like exponent range (8 mantissa bits to float16's 11):
+
+- constants are clipped to +-3.3895e38 (bfloat16's max) and raised to 2^-133 (its smallest
+  subnormal), not 65504 and 2^-24; an additive mask stays float32 only when its constant is beyond
+  3.3895e38: float32's min (torch's finfo.min, -3.4028e38) rounds to -inf in bfloat16, while a
+  -1e30 or -10000 mask runs in bfloat16;
+- the schema (``tensor(bfloat16)``, which many ops allow only from later opsets, Conv from 22) and
+  plugin specs (``"bfloat16"`` in ``dtypes``) decide which ops can run in bfloat16;
+- initializers are rounded to nearest even, as a float32 -> bfloat16 Cast does.
+
+Pin lists, keep_ops/keep_nodes, forms and the boundary metadata are shared. One pass runs on a
+float32 model: fp16 on a graph bf16 converted (its boundary Casts to bfloat16), or the other way
+round, is a one-line error, not a graph with both types.
 """
 
 from __future__ import annotations
@@ -46,9 +61,10 @@ from onnxpass.passes.layernorm import layernorm_pattern
 from onnxpass.patterns import Rule
 from onnxpass.patterns.matcher import Tracer
 
-F, H = TensorProto.FLOAT, TensorProto.FLOAT16
-FP16_MAX = 65504.0
-FP16_TINY = 2.0 ** -24  # the smallest positive float16 (subnormal)
+F, H, BF = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
+# Per target type: its name in schemas and plugin specs, largest finite, smallest positive.
+TARGETS: dict[int, tuple[str, float, float]] = {
+    H: ("float16", 65504.0, 2.0 ** -24), BF: ("bfloat16", 3.3895313892515355e38, 2.0 ** -133)}
 DEFAULT_KEEP_OPS = frozenset({"LayerNormalization", "GroupNormalization", "InstanceNormalization",
                               "RMSNormalization", "Softmax", "LogSoftmax"})
 BOUNDARY = {"onnxpass.fp16": "boundary"}
@@ -78,13 +94,14 @@ def read_pins(path: str | os.PathLike[str]) -> tuple[set[str], set[str]]:
 
 
 def apply_pins(passes: list[Pass], path: str | os.PathLike[str] | None, where: str) -> None:
-    """Give the pin list at ``path`` to every fp16 pass in ``passes``; an error when none is."""
+    """Give the pin list at ``path`` to every fp16 or bf16 pass in ``passes``; an error when
+    none is."""
     if path is None:
         return
     found = [p for p in passes if isinstance(p, Float16)]
     if not found:
-        raise OnnxpassError(f"{where}: a pin list ({path}) is for the fp16 pass, which does not "
-                            f"run here")
+        raise OnnxpassError(f"{where}: a pin list ({path}) is for the fp16 or bf16 pass, which "
+                            f"does not run here")
     for p in found:
         p.add_pins(path)
 
@@ -99,6 +116,7 @@ class Float16(Pass):
     summary = "float32 -> float16 with float32 islands (normalizations, Softmax, pins)"
     forms = ("mixed", "all")
     default_form = "mixed"
+    target: int = H
 
     def __init__(self, form: str | None = None, *, keep_ops: set[str] | frozenset[str] = frozenset(),
                  keep_nodes: set[str] | frozenset[str] = frozenset(), pins: str | None = None,
@@ -118,11 +136,16 @@ class Float16(Pass):
         self.keep_nodes |= nodes
 
     def run(self, ctx: PassContext) -> int:
-        g = ctx.graph
+        g, H = ctx.graph, self.target  # H: the target type, float16 or bfloat16
         nodes = list(g.toposort())
+        other = {n.attrs["to"].i for n in nodes if n.op_type == "Cast" and _boundary(n)} - {F, H}
+        if other:
+            raise OnnxpassError(f"{self.name}: the graph already has {TARGETS[other.pop()][0]} "
+                                f"from the other precision pass; run {self.name} on the "
+                                f"float32 model")
         pinned = self._pinned(g, nodes)
         half = {id(n): outs for n in nodes if id(n) not in pinned
-                and (outs := _half_outputs(g, n)) is not None}
+                and (outs := _half_outputs(g, n, H)) is not None}
         if not any(half.values()):
             return 0
         new_dtype = {o: H for n in nodes if id(n) in half for o in half[id(n)]}
@@ -137,14 +160,14 @@ class Float16(Pass):
         casts: dict[tuple[str, int], str] = {}
 
         def value(v: str, want: int | None) -> str:
-            """``v`` as the consumer wants it: float16 (H), float32 (F) or as it is (None)."""
+            """``v`` as the consumer wants it: the target (H), float32 (F) or as it is (None)."""
             v = renamed.get(v, v)
             have = new_dtype.get(v, g.dtype(v))
             if want is None or not v or have == want:
                 return v
             if (v, want) not in casts:
                 if want == H and g.is_const(v) and not g.is_output(v):
-                    casts[v, want] = g.add_initializer(_to_half(g.const_value(v)), v)
+                    casts[v, want] = g.add_initializer(_narrow(g.const_value(v), H), v)
                 else:
                     out = g.fresh_name(v)
                     _retype(g, out, want, like=v)
@@ -161,7 +184,8 @@ class Float16(Pass):
                 ins = [i if i in renamed else value(i, F if new_dtype.get(i) == H else None)
                        for i in ins]
             else:
-                ins = [value(i, H if k in _half_inputs(g, n) else None) for k, i in enumerate(ins)]
+                ins = [value(i, H if k in _half_inputs(g, n, H) else None)
+                       for k, i in enumerate(ins)]
                 if n.op_type == "Cast" and n.attrs["to"].i == F:
                     attrs["to"] = helper.make_attribute("to", H)
                 for k, o in enumerate(n.outputs):
@@ -187,7 +211,7 @@ class Float16(Pass):
                 if _LAYERNORM.roots is None or n.op_type in _LAYERNORM.roots:
                     for m in _LAYERNORM.matches_at(g, n, Tracer()):
                         pinned.update(id(x) for x in m.nodes)
-        tainted = {v for n in nodes for v in n.inputs if _beyond_half(g, v)}
+        tainted = {v for n in nodes for v in n.inputs if _beyond(g, v, self.target)}
         for n in nodes:  # an additive mask with float32's min stays float32 up to its Softmax
             if n.op_type in _MASK_OPS and tainted.intersection(n.inputs):
                 pinned.add(id(n))
@@ -199,16 +223,35 @@ class Float16(Pass):
         return pinned
 
 
-def _beyond_half(g: Graph, v: str) -> bool:
+@register
+class BFloat16(Float16):
+    name = "bf16"
+    summary = "float32 -> bfloat16 with float32 islands (normalizations, Softmax, pins)"
+    target = BF
+
+    def __init__(self, form: str | None = None, **kw) -> None:  # type: ignore[no-untyped-def]
+        if helper.tensor_dtype_to_np_dtype(BF).name != "bfloat16":
+            raise OnnxpassError(f"bf16 needs onnx >= 1.19 (bfloat16 arrays via ml_dtypes); "
+                                f"this is onnx {onnx.__version__}")
+        super().__init__(form, **kw)
+
+
+def _boundary(n: Node) -> bool:
+    return n.metadata.get("onnxpass.fp16") == "boundary"
+
+
+def _beyond(g: Graph, v: str, target: int) -> bool:
+    """A float32 constant with a finite value beyond the target type's range."""
     if not v or g.dtype(v) != F or not g.is_const(v):
         return False
     a = g.const_value(v)
-    return a is not None and bool(np.any(np.abs(a[np.isfinite(a)]) > FP16_MAX))
+    return a is not None and bool(np.any(np.abs(a[np.isfinite(a)]) > TARGETS[target][1]))
 
 
-def _half_outputs(g: Graph, n: Node) -> set[str] | None:
-    """The float32 outputs ``n`` computes in float16, or None when ``n`` must stay float32."""
-    if n.metadata.get("onnxpass.fp16") == "boundary" or n.op_type == "Constant":
+def _half_outputs(g: Graph, n: Node, target: int = H) -> set[str] | None:
+    """The float32 outputs ``n`` computes in the target type (float16 or bfloat16), or None when
+    ``n`` must stay float32."""
+    if _boundary(n) or n.op_type == "Constant":
         return set()
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
            for a in n.attrs.values()):
@@ -218,7 +261,7 @@ def _half_outputs(g: Graph, n: Node) -> set[str] | None:
     f32_out = {o for o in n.outputs if o and g.dtype(o) == F}
     if n.op_type == "Cast" and n.domain == "":
         return f32_out
-    half_params = _half_params(g, n)
+    half_params = _half_params(g, n, target)
     if half_params is None:
         return None
     in_params, out_params = half_params
@@ -230,19 +273,21 @@ def _half_outputs(g: Graph, n: Node) -> set[str] | None:
     return f32_out
 
 
-def _half_inputs(g: Graph, n: Node) -> set[int]:
-    """Indices of the float32 inputs of a float16 node that become float16."""
+def _half_inputs(g: Graph, n: Node, target: int = H) -> set[int]:
+    """Indices of the float32 inputs of a converted node that take the target type."""
     if n.op_type == "Cast" and n.domain == "":
         return set()
-    params = _half_params(g, n)
+    params = _half_params(g, n, target)
     ins = params[0] if params else []
     return {k for k, (i, p) in enumerate(zip(n.inputs, ins)) if p is not None and i
             and g.dtype(i) == F}
 
 
-def _half_params(g: Graph, n: Node) -> tuple[list[str | None], list[str | None]] | None:
-    """For each input and output, the type parameter it shares with others if float16 is
-    allowed there (None where it is fixed or float16 is not allowed); None for unknown ops."""
+def _half_params(g: Graph, n: Node, target: int = H
+                 ) -> tuple[list[str | None], list[str | None]] | None:
+    """For each input and output, the type parameter it shares with others if the target type
+    is allowed there (None where it is fixed or not allowed); None for unknown ops."""
+    want = TARGETS[target][0]
     if n.domain not in ("", "ai.onnx"):
         from onnxpass.plugins.base import DOMAIN, get_plugin
 
@@ -252,7 +297,7 @@ def _half_params(g: Graph, n: Node) -> tuple[list[str | None], list[str | None]]
             spec = None
         if spec is None or g.opset() < 15:  # bodies are float32-only before CastLike (15)
             return None
-        p = lambda name: "T" if name not in spec.io_dtypes and "float16" in spec.dtypes \
+        p = lambda name: "T" if name not in spec.io_dtypes and want in spec.dtypes \
             else None  # noqa: E731
         ins = [p(x) for x in spec.inputs] + [None] * len(n.inputs)
         return ins[:len(n.inputs)], [p(x) for x in spec.outputs]
@@ -266,20 +311,23 @@ def _half_params(g: Graph, n: Node) -> tuple[list[str | None], list[str | None]]
         if not formals:
             return None
         f = formals[min(k, len(formals) - 1)]
-        return f.type_str if "tensor(float16)" in allowed.get(f.type_str, ()) else None
+        return f.type_str if f"tensor({want})" in allowed.get(f.type_str, ()) else None
 
     return ([param(schema.inputs, k) for k in range(len(n.inputs))],
             [param(schema.outputs, k) for k in range(len(n.outputs))])
 
 
-def _to_half(a: np.ndarray | None) -> np.ndarray:
-    """Finite values clipped to +-65504; a nonzero value below float16's smallest subnormal
-    becomes that subnormal, with its sign: an eps must not turn into zero (a mean pooling's
-    ``sum / max(count, 1e-9)`` over an all-padding row would be 0 / 0)."""
+def _narrow(a: np.ndarray | None, target: int) -> np.ndarray:
+    """``a`` in the target type, rounded to nearest even (float16: numpy; bfloat16: ml_dtypes,
+    bit-exact with ONNX Runtime's Cast). Finite values clipped to the target's max (+-65504 for
+    float16); a nonzero value below its smallest subnormal becomes that subnormal, with its sign:
+    an eps must not turn into zero (a mean pooling's ``sum / max(count, 1e-9)`` over an
+    all-padding row would be 0 / 0)."""
     assert a is not None
-    tiny = (a != 0) & (np.abs(a) < FP16_TINY)
-    a = np.where(tiny, np.copysign(FP16_TINY, a), a)
-    return np.where(np.isinf(a), a, np.clip(a, -FP16_MAX, FP16_MAX)).astype(np.float16)
+    _, top, tiny = TARGETS[target]
+    a = np.where((a != 0) & (np.abs(a) < tiny), np.copysign(tiny, a), a)
+    a = np.where(np.isinf(a), a, np.clip(a, -top, top))
+    return a.astype(helper.tensor_dtype_to_np_dtype(target))
 
 
 def _retype(g: Graph, v: str, elem: int, like: str | None = None) -> None:

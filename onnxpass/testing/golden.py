@@ -13,7 +13,9 @@ A ``.golden`` file reads top to bottom::
 A negative case (a near-miss the pass must leave alone) ends in ``# expected: unchanged``.
 The comparison is structural: value and node names are canonicalized (renamed in topological
 order), node metadata and inferred value_info are dropped, initializers compare by value. Then the
-input and the result run in ONNX Runtime on the same random inputs and must agree.
+input and the result run in ONNX Runtime on the same random inputs and must agree (a result with
+bfloat16 values runs as :func:`onnxpass.debug_precision.simulate_float16` rewrites it: ORT's CPU
+provider has no bfloat16 arithmetic).
 """
 
 from __future__ import annotations
@@ -148,11 +150,22 @@ def check_golden(path: str | Path, update: bool = False) -> None:
                              f"{_diff(case.expected.strip(), after.strip(), 'expected', 'actual')}")
     onnx.checker.check_model(out)
     feeds = random_inputs(original, seed=0)
+    if _has_bfloat16(out):
+        from onnxpass.debug_precision import simulate_float16
+
+        out = simulate_float16(out)
     bad = [s.line() for s in compare_models(original, out, feeds, case.rtol, case.atol)
            if not s.within]
     if bad:
         raise GoldenMismatch(f"{case.path}: rewritten model computes something else:\n  "
                              + "\n  ".join(bad))
+
+
+def _has_bfloat16(model: onnx.ModelProto) -> bool:
+    g = onnx.shape_inference.infer_shapes(model).graph
+    return any(t.data_type == onnx.TensorProto.BFLOAT16 for t in g.initializer) or any(
+        v.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+        for v in [*g.input, *g.output, *g.value_info])
 
 
 def _diff(a: str, b: str, name_a: str, name_b: str) -> str:

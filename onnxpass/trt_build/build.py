@@ -9,13 +9,14 @@ fp32       TF32 flag cleared            TF32 flag cleared
 tf32       TF32 flag (TensorRT's        TF32 flag
            default)
 fp16       FP16 flag                    the ``fp16`` pass rewrites the graph first
-bf16       BF16 flag                    a ``bf16`` pass, if one is registered; else error
+bf16       BF16 flag                    the ``bf16`` pass rewrites the graph first
 int8       INT8 flag; graph needs Q/DQ  graph needs Q/DQ (no calibration in either)
 fp8        strongly typed network;      graph needs Q/DQ; GPU needs compute capability 8.9+
            graph needs Q/DQ; GPU 8.9+
 =========  ===========================  ==================================================
 
-``--strongly-typed`` makes TensorRT 10 behave like 11 (the graph decides; fp16 runs the pass).
+``--strongly-typed`` makes TensorRT 10 behave like 11 (the graph decides; fp16 and bf16 run
+their pass; ``--fp16-pins`` gives either pass a pin list).
 """
 
 from __future__ import annotations

@@ -1,0 +1,102 @@
+"""The bf16 pass (onnxpass/passes/fp16.py, :class:`BFloat16`) on real exports: bfloat16 within
+5e-2 of float32 at each output's scale, onnx.checker clean, idempotent; it refuses a graph the
+fp16 pass converted (and fp16 one bf16 converted); ``onnxpass debug precision --dtype bf16``.
+Golden cases are in tests/goldens/bf16/.
+
+ONNX Runtime's CPU provider has no bfloat16 arithmetic (MatMul, Add, Relu... are NOT_IMPLEMENTED),
+so bfloat16 graphs run as :func:`simulate_float16` rewrites them: every op in float32, every
+bfloat16 value rounded by a Cast pair (ORT's Cast to bfloat16 rounds to nearest even).
+"""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+import onnxpass
+from onnxpass.debug_precision import simulate_float16
+from onnxpass.errors import OnnxpassError
+from onnxpass.passes.fp16 import BFloat16, read_pins
+from onnxpass.verify import random_inputs, run, scaled_stats
+
+TOL = 5e-2  # bfloat16 has 8 significant bits to float16's 11: 1e-2 for fp16, 5e-2 here
+BF = onnx.TensorProto.BFLOAT16
+REAL = [(m, e) for m in ("vit", "bert", "clip_text") for e in ("torchscript", "dynamo")]
+
+
+def rewrite(model: onnx.ModelProto, spec: object = "bf16") -> onnx.ModelProto:
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    out, _ = onnxpass.rewrite(work, spec)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.mark.parametrize("name,exporter", REAL, ids=[f"{m}-{e}" for m, e in REAL])
+def test_real_model_bf16(real_models, name: str, exporter: str) -> None:  # type: ignore[no-untyped-def]
+    path = real_models.export(name, exporter)
+    if isinstance(path, str):
+        pytest.skip(path)
+    model = onnx.load(str(path))
+    bf = rewrite(model)
+    onnx.checker.check_model(bf)
+    assert sum(t.data_type == BF for t in bf.graph.initializer) > 0, "no weight became bfloat16"
+    assert [o.type.tensor_type.elem_type for o in bf.graph.output] == \
+        [o.type.tensor_type.elem_type for o in model.graph.output]
+    feeds = random_inputs(model, seed=0)
+    want, got = run(model, feeds), run(simulate_float16(bf), feeds)
+    errs = {k: scaled_stats(k, e, got[k], TOL) for k, e in want.items()}
+    print(f"\n{name}-{exporter} bf16: " + ", ".join(f"{k} {e:.2e}" for k, (_, e) in errs.items()))
+    assert all(s.within for s, _ in errs.values()), [s.line() for s, _ in errs.values()]
+    assert rewrite(bf).graph.node == bf.graph.node  # a second run changes nothing
+
+
+def _toy() -> onnx.ModelProto:
+    return onnx.parser.parse_model("""
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[2,8] x) => (float[2,8] y) {
+  a = Relu (x)
+  b = Exp (a)
+  y = Softmax <axis = -1> (b)
+}""")
+
+
+def test_one_precision_pass_per_model() -> None:
+    """bf16 on a graph fp16 converted, or fp16 on one bf16 converted: a one-line error, not a
+    graph with float16 and bfloat16 values; pins work as for fp16."""
+    for first, second, left in [("fp16", "bf16", "float16"), ("bf16", "fp16", "bfloat16")]:
+        with pytest.raises(OnnxpassError, match=f"already has {left} from the other") as e:
+            rewrite(rewrite(_toy(), first), second)
+        assert "\n" not in str(e.value)
+    bf = rewrite(_toy(), [BFloat16(keep_ops={"Exp"})])
+    assert [n.op_type for n in bf.graph.node] == ["Cast", "Relu", "Cast", "Exp", "Softmax"]
+
+
+CANCEL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[4,16] x) => (float[4,16] y, float[4,16] z) <float k = {1000.0}, float[16] bias = {B}> {
+  a = Add (x, k)
+  y = Sub (a, k)
+  r = Relu (x)
+  z = Add (r, bias)
+} """
+
+
+def test_debug_precision_bf16(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """(x + 1000) - 1000: bfloat16's step at 1000 is 4, so x is lost; float16's is 0.5. The
+    search pins the Add and the Sub, nothing else, and writes MODEL.bf16pins.txt."""
+    from onnxpass.cli import main
+
+    path = tmp_path / "cancel.onnx"
+    onnx.save(onnx.parser.parse_model(CANCEL.replace("{B}", "{" + ",".join(["0.5"] * 16) + "}")),
+              path)
+    assert main(["debug", "precision", str(path), "--tol", "1e-2", "--dtype", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "2 node(s) to keep float32" in out and "--precision bf16" in out
+    pins = tmp_path / "cancel.bf16pins.txt"
+    assert pins.read_text().startswith("# onnxpass debug precision: float32 pins for bf16=mixed")
+    assert read_pins(pins) == (set(), {"a", "y"})
+    model = onnx.load(str(path))
+    bf = rewrite(model, [BFloat16(pins=str(pins))])
+    feeds = random_inputs(model, seed=0)
+    want, got = run(model, feeds), run(simulate_float16(bf), feeds)
+    assert all(scaled_stats(k, e, got[k], 1e-2)[0].within for k, e in want.items())
