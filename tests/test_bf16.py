@@ -94,7 +94,7 @@ def test_debug_precision_bf16(tmp_path, capsys) -> None:  # type: ignore[no-unty
     assert "2 node(s) to keep float32" in out and "--precision bf16" in out
     pins = tmp_path / "cancel.bf16pins.txt"
     assert pins.read_text().startswith("# onnxpass debug precision: float32 pins for bf16=mixed")
-    assert read_pins(pins) == (set(), {"a", "y"})
+    assert read_pins(pins) == (set(), {"a", "y"}, set())
     model = onnx.load(str(path))
     bf = rewrite(model, [BFloat16(pins=str(pins))])
     feeds = random_inputs(model, seed=0)

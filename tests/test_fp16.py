@@ -12,6 +12,7 @@ import pytest
 
 import onnxpass
 from onnxpass.debug_precision import simulate_float16
+from onnxpass.errors import OnnxpassError
 from onnxpass.passes.fp16 import Float16, read_pins
 from tests.helpers import tensorrt_missing
 from tests.models_attention import minilm_cache, minilm_path, padded_inputs
@@ -130,9 +131,38 @@ def test_pins_by_op_node_and_file(tmp_path) -> None:  # type: ignore[no-untyped-
         "Relu": H, "Exp": F, "Softmax": H}
     pins = tmp_path / "pins.txt"
     pins.write_text("# pins\nop:Relu\nnode:b  # the Exp\n")
-    assert read_pins(pins) == ({"Relu"}, {"b"})
+    assert read_pins(pins) == ({"Relu"}, {"b"}, set())
     assert _float_ops(fp16(_toy(), Float16("all", pins=str(pins)))) == {
         "Relu": F, "Exp": F, "Softmax": H}
+
+
+def test_pins_by_glob_and_pattern(real_models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``node:GLOB`` pins nodes by name pattern; ``pattern:gelu`` every node of every GELU the
+    gelu pass matches (TorchScript's Div/Erf/Add/Mul/Mul chain), and nothing else; an unknown
+    pattern pass is a one-line error naming the known ones."""
+    path = real_models.export("bert", "torchscript")
+    if isinstance(path, str):
+        pytest.skip(path)
+    model = onnx.load(str(path))
+    pins = tmp_path / "pins.txt"
+    pins.write_text("pattern:gelu\nnode:/model/encoder/layer.0/attention/*/query/*\n")
+    assert read_pins(pins) == (set(), {"/model/encoder/layer.0/attention/*/query/*"}, {"gelu"})
+    half = fp16(model, Float16("all", pins=str(pins)))
+    m = onnx.shape_inference.infer_shapes(half)
+    f32 = {v.name for v in [*m.graph.value_info, *m.graph.output]
+           if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    kept = {n.name for n in half.graph.node if n.op_type not in ("Cast", "Constant")
+            and n.output[0] in f32}
+    erfs = [n.name for n in model.graph.node if n.op_type == "Erf"]
+    assert erfs and set(erfs) <= kept
+    query = {n.name for n in model.graph.node if "/layer.0/attention/self/query/" in n.name}
+    assert query and query <= kept
+    gelu_ops = {n.op_type for n in model.graph.node if n.name in kept - query}
+    assert gelu_ops == {"Div", "Erf", "Add", "Mul"}, gelu_ops  # nothing else
+    assert scaled_error(model, half)
+    pins.write_text("pattern:nosuch\n")
+    with pytest.raises(OnnxpassError, match="pattern:nosuch: not a pattern pass; pattern passes: .*gelu"):
+        Float16(pins=str(pins))
 
 
 def test_float16_io() -> None:
@@ -177,7 +207,7 @@ def test_debug_precision_finds_pins(tmp_path, capsys) -> None:  # type: ignore[n
     pins = tmp_path / "pins.txt"
     assert main(["debug", "precision", str(path), "--tol", "1e-2", "-o", str(pins)]) == 0
     assert "2 node(s) to keep float32" in capsys.readouterr().out
-    assert read_pins(pins) == (set(), {"b", "y"})
+    assert read_pins(pins) == (set(), {"b", "y"}, set())
     half = fp16(model, Float16(pins=str(pins)))
     assert scaled_error(model, half)["y"] < 1e-2
     assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer) == 2
@@ -269,4 +299,4 @@ def test_debug_precision_tensorrt_runner(tmp_path, capsys) -> None:  # type: ign
         assert err.count("\n") == 1 and "TensorRT is not installed" in err and not pins.exists()
         pytest.skip(f"the TensorRT half of this test: {missing}")
     assert main(argv) == 0
-    assert read_pins(pins) == (set(), {"b", "y"})
+    assert read_pins(pins) == (set(), {"b", "y"}, set())

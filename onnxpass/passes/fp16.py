@@ -14,10 +14,12 @@ pinned, by default
   schema fixes to float32, like Resize's scales, stays float32 on its own), unknown custom ops,
   nodes with subgraphs or with a value of unknown type.
 
-More pins: ``keep_ops`` (op types), ``keep_nodes`` (node names, or first output for unnamed nodes),
-a pin-list file (``pins=PATH`` or the ``ONNXPASS_FP16_PINS`` environment variable; one entry a line:
-``op:TYPE``, ``node:NAME`` or a bare node name; ``#`` starts a comment) as ``onnxpass debug precision``
-writes it.
+More pins: ``keep_ops`` (op types), ``keep_nodes`` (node names, or first output for unnamed nodes;
+``*``, ``?`` and ``[...]`` match as in shell globs: ``/model/layers.*/attention/*``),
+``keep_patterns`` (registered pattern passes: every node of every match of ``gelu``'s rules, say,
+stays float32), a pin-list file (``pins=PATH`` or the ``ONNXPASS_FP16_PINS`` environment variable;
+one entry a line: ``op:TYPE``, ``node:NAME``, ``pattern:PASS`` or a bare node name; ``#`` starts a
+comment) as ``onnxpass debug precision`` writes it.
 
 Forms: ``mixed`` (default) pins the above; ``all`` pins only what cannot be float16 plus explicit pins.
 
@@ -47,6 +49,7 @@ round, is a one-line error, not a graph with both types.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 
@@ -73,9 +76,11 @@ _MASK_OPS = frozenset({"Add", "Sub", "Mul", "Where", "Min", "Max", "Neg", "Cast"
 _LAYERNORM = Rule("fp16-layernorm", layernorm_pattern, rewrite=lambda op, m: m["x"])
 
 
-def read_pins(path: str | os.PathLike[str]) -> tuple[set[str], set[str]]:
-    """A pin-list file -> (op types, node names)."""
-    ops, nodes = set(), set()
+def read_pins(path: str | os.PathLike[str]) -> tuple[set[str], set[str], set[str]]:
+    """A pin-list file -> (op types, node names or globs, pattern pass names)."""
+    ops: set[str] = set()
+    nodes: set[str] = set()
+    patterns: set[str] = set()
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -86,11 +91,11 @@ def read_pins(path: str | os.PathLike[str]) -> tuple[set[str], set[str]]:
         kind, sep, value = entry.partition(":")
         if not entry:
             continue
-        if sep and kind == "op":
-            ops.add(value.strip())
+        if sep and kind in ("op", "pattern"):
+            (ops if kind == "op" else patterns).add(value.strip())
         else:
             nodes.add(value.strip() if sep and kind == "node" else entry)
-    return ops, nodes
+    return ops, nodes, patterns
 
 
 def apply_pins(passes: list[Pass], path: str | os.PathLike[str] | None, where: str) -> None:
@@ -106,6 +111,18 @@ def apply_pins(passes: list[Pass], path: str | os.PathLike[str] | None, where: s
         p.add_pins(path)
 
 
+def _pattern_rules(name: str) -> list[Rule]:
+    """The rules of the registered pattern pass ``name`` (its default form)."""
+    from onnxpass.passes.base import PatternPass, registry
+
+    cls = registry().get(name)
+    if cls is None or not issubclass(cls, PatternPass):
+        known = sorted(k for k, c in registry().items() if issubclass(c, PatternPass))
+        raise OnnxpassError(f"pattern:{name}: not a pattern pass; pattern passes: "
+                            f"{', '.join(known)}")
+    return cls().rules()
+
+
 def node_key(n: Node) -> str:
     return n.name or n.outputs[0]
 
@@ -119,11 +136,15 @@ class Float16(Pass):
     target: int = H
 
     def __init__(self, form: str | None = None, *, keep_ops: set[str] | frozenset[str] = frozenset(),
-                 keep_nodes: set[str] | frozenset[str] = frozenset(), pins: str | None = None,
+                 keep_nodes: set[str] | frozenset[str] = frozenset(),
+                 keep_patterns: set[str] | frozenset[str] = frozenset(), pins: str | None = None,
                  keep_io_types: bool = True) -> None:
         super().__init__(form)
         self.keep_ops = set(keep_ops) | (set(DEFAULT_KEEP_OPS) if self.form == "mixed" else set())
         self.keep_nodes = set(keep_nodes)
+        self.keep_patterns = set(keep_patterns)
+        for name in self.keep_patterns:
+            _pattern_rules(name)  # an unknown name fails here, before any model is read
         pins = pins or os.environ.get("ONNXPASS_FP16_PINS")
         if pins:
             self.add_pins(pins)
@@ -131,9 +152,12 @@ class Float16(Pass):
 
     def add_pins(self, path: str | os.PathLike[str]) -> None:
         """Pin what a pin-list file names, on top of the pins so far."""
-        ops, nodes = read_pins(path)
+        ops, nodes, patterns = read_pins(path)
         self.keep_ops |= ops
         self.keep_nodes |= nodes
+        self.keep_patterns |= patterns
+        for name in patterns:
+            _pattern_rules(name)
 
     def run(self, ctx: PassContext) -> int:
         g, H = ctx.graph, self.target  # H: the target type, float16 or bfloat16
@@ -204,12 +228,16 @@ class Float16(Pass):
         return sum(1 for outs in half.values() if outs)
 
     def _pinned(self, g: Graph, nodes: list[Node]) -> set[int]:
+        globs = [k for k in self.keep_nodes if any(c in k for c in "*?[")]
         pinned = {id(n) for n in nodes if n.op_type in self.keep_ops or node_key(n) in
-                  self.keep_nodes or n.name in self.keep_nodes}
-        if self.form == "mixed":
+                  self.keep_nodes or n.name in self.keep_nodes
+                  or any(fnmatch.fnmatchcase(n.name or node_key(n), k) for k in globs)}
+        rules = [_LAYERNORM] if self.form == "mixed" else []
+        rules += [r for name in sorted(self.keep_patterns) for r in _pattern_rules(name)]
+        for rule in rules:
             for n in nodes:
-                if _LAYERNORM.roots is None or n.op_type in _LAYERNORM.roots:
-                    for m in _LAYERNORM.matches_at(g, n, Tracer()):
+                if rule.roots is None or n.op_type in rule.roots:
+                    for m in rule.matches_at(g, n, Tracer()):
                         pinned.update(id(x) for x in m.nodes)
         tainted = {v for n in nodes for v in n.inputs if _beyond(g, v, self.target)}
         for n in nodes:  # an additive mask with float32's min stays float32 up to its Softmax
