@@ -33,41 +33,54 @@ def fp16(model: onnx.ModelProto, *passes: object) -> onnx.ModelProto:
 
 
 def scaled_error(model: onnx.ModelProto, half: onnx.ModelProto,
-                 feeds: list[dict[str, np.ndarray]] | None = None) -> dict[str, float]:
+                 feeds: list[dict[str, np.ndarray]] | None = None, tol: float = RTOL
+                 ) -> dict[str, float]:
     """Per output: max |fp16 - fp32| / max |fp32| over the finite elements (elementwise relative
     error is meaningless for elements near zero; NaNs must match), asserting ``scaled_stats``
-    finds every element within RTOL at that scale. The float16 graph runs as is and as
+    finds every element within ``tol`` at that scale. The float16 graph runs as is and as
     simulated with every node's output rounded (ORT's CPU provider keeps float32 values along
-    chains of ops that lack float16 kernels); the worse counts, over all ``feeds``."""
+    chains of ops that lack float16 kernels); the worse counts, over all ``feeds``. A bfloat16
+    graph runs only simulated: ORT's CPU provider has no bfloat16 arithmetic."""
     out: dict[str, float] = {}
+    bf16 = any(t.data_type == onnx.TensorProto.BFLOAT16 for t in half.graph.initializer)
     for f in feeds or [random_inputs(model, seed=0)]:
-        want, got, sim = run(model, f), run(half, f), run(simulate_float16(half), f)
+        want, sim = run(model, f), run(simulate_float16(half), f)
+        got = sim if bf16 else run(half, f)
         for k, e in want.items():
-            (s, err), (s2, err2) = scaled_stats(k, e, got[k], RTOL), scaled_stats(k, e, sim[k], RTOL)
+            (s, err), (s2, err2) = scaled_stats(k, e, got[k], tol), scaled_stats(k, e, sim[k], tol)
             assert s.within and s2.within, (s.line(), s2.line())
             out[k] = max(out.get(k, 0.0), err, err2)
     return out
 
 
-@pytest.mark.parametrize("name,exporter", REAL, ids=[f"{m}-{e}" for m, e in REAL])
-def test_real_model_fp16(real_models, name: str, exporter: str) -> None:  # type: ignore[no-untyped-def]
+# (pass, tolerance, elem type): bfloat16 has 8 significant bits to float16's 11.
+PRECISION = {"fp16": (RTOL, onnx.TensorProto.FLOAT16), "bf16": (5e-2, onnx.TensorProto.BFLOAT16)}
+REAL_PASSES = [(m, e, "fp16") for m, e in REAL] + [
+    (m, e, "bf16") for m in ("vit", "bert", "clip_text") for e in ("torchscript", "dynamo")]
+
+
+@pytest.mark.parametrize("name,exporter,pass_name", REAL_PASSES,
+                         ids=["-".join(c).replace("-fp16", "") for c in REAL_PASSES])
+def test_real_model_fp16(real_models, name: str, exporter: str,  # type: ignore[no-untyped-def]
+                         pass_name: str) -> None:
+    """fp16 (and bf16 on three models): onnx.checker clean, weights converted, graph I/O types
+    kept, outputs within tolerance, and a second run changes nothing."""
     path = real_models.export(name, exporter)
     if isinstance(path, str):
         pytest.skip(path)
     model = onnx.load(str(path))
-    half = fp16(model)
+    tol, elem = PRECISION[pass_name]
+    half = fp16(model, pass_name)
     onnx.checker.check_model(half)
-    types = {n.op_type: 0 for n in half.graph.node}
-    float16_inits = sum(t.data_type == onnx.TensorProto.FLOAT16 for t in half.graph.initializer)
-    assert float16_inits > 0, "no weight became float16"
+    assert sum(t.data_type == elem for t in half.graph.initializer) > 0, "no weight converted"
     assert [o.type.tensor_type.elem_type for o in half.graph.output] == \
         [o.type.tensor_type.elem_type for o in model.graph.output]
-    errs = scaled_error(model, half)
+    errs = scaled_error(model, half, tol=tol)
     casts = sum(n.op_type == "Cast" for n in half.graph.node) - sum(
         n.op_type == "Cast" for n in model.graph.node)
-    print(f"\n{name}-{exporter}: casts added {casts}, nodes {len(types)} kinds, "
+    print(f"\n{name}-{exporter} {pass_name}: casts added {casts}, "
           + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
-    assert fp16(half).graph.node == half.graph.node  # a second run changes nothing
+    assert fp16(half, pass_name).graph.node == half.graph.node
 
 
 def _other_model(request: pytest.FixtureRequest, name: str, exporter: str
