@@ -6,15 +6,24 @@ User mistakes print one line (``onnxpass: error: ...``) and exit 2, writing noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from onnxpass.errors import OnnxpassError
+import numpy as np
+import onnx
+
+from onnxpass.errors import ModelLoadError, OnnxpassError
 from onnxpass.graph import Graph, check_model, load_model, save_model
+from onnxpass.verify import VERIFY_TOLERANCES
+
+if TYPE_CHECKING:
+    from onnxpass.passes.base import Pass
 
 EXIT_USER_ERROR = 2
 EXIT_VERIFY_FAILED = 1
@@ -46,13 +55,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated passes or pipelines, NAME[=FORM] (default: default)")
     r.add_argument("-o", "--output", help="output .onnx (default: MODEL.onnxpass.onnx beside it)")
     r.add_argument("--verify", action="store_true",
-                   help="run original and rewritten model in ONNX Runtime and compare outputs")
+                   help="run original and rewritten model in ONNX Runtime and compare outputs; "
+                        "remove the output if they differ")
     r.add_argument("--inputs", help=".npz of inputs for --verify (default: random)")
     r.add_argument("--dim", action="append", default=[], metavar="NAME=N",
-                   help="value of a symbolic input dim for random inputs (default 2)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--rtol", type=float, default=1e-4)
-    r.add_argument("--atol", type=float, default=1e-5)
+                   help="value of a symbolic input dim for random inputs (default: 2)")
+    r.add_argument("--seed", type=int, default=0, help="seed of random inputs (default: 0)")
+    rtols = ", ".join(f"{_sci(rtol)} for {p}" for p, (rtol, _) in VERIFY_TOLERANCES.items())
+    r.add_argument("--rtol", type=float,
+                   help="--verify's relative tolerance (default: by the precision the rewritten "
+                        f"model computes in: {rtols})")
+    r.add_argument("--atol", type=float,
+                   help="--verify's absolute tolerance (default: "
+                        f"{_sci(VERIFY_TOLERANCES['float32'][1] or 0)} for float32; for float16 "
+                        "and bfloat16, rtol times the output's max |value|)")
     r.add_argument("--fp16-pins", metavar="FILE",
                    help="pin list for the fp16 pass (as onnxpass debug precision writes it)")
     r.add_argument("--dump-dir", help="write the graph after each pass that changed it")
@@ -80,9 +96,11 @@ def _parser() -> argparse.ArgumentParser:
                          "against ONNX Runtime on --original (default: MODEL's functions)")
     pl.add_argument("model", nargs="?")
     pl.add_argument("--original")
-    pl.add_argument("--device", default="cuda", help="cuda, or cpu (Triton's interpreter)")
-    pl.add_argument("--rtol", type=float)
-    pl.add_argument("--atol", type=float)
+    pl.add_argument("--device", default="cuda",
+                    help="cuda, or cpu (Triton's interpreter; sets TRITON_INTERPRET=1) "
+                         "(default: cuda)")
+    pl.add_argument("--rtol", type=float, help="relative tolerance (default: 1e-5)")
+    pl.add_argument("--atol", type=float, help="absolute tolerance (default: 1e-6)")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
 
@@ -93,11 +111,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mean", help="per-channel mean for --inputs DIR, e.g. 0.5,0.5,0.5 "
                                   "(default: ImageNet's; 0.5 for 1 channel)")
     c.add_argument("--std", help="per-channel std for --inputs DIR (default: ImageNet's; 0.5)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="seed of random inputs (default: 0)")
     c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
-                   help="value of a symbolic input dim for random inputs (default 2)")
-    c.add_argument("--rtol", type=float, default=1e-3)
-    c.add_argument("--atol", type=float, default=1e-4)
+                   help="value of a symbolic input dim for random inputs (default: 2)")
+    c.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default: 1e-3)")
+    c.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default: 1e-4)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 
@@ -116,8 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16",
                    help="the pass the pins are for (default: fp16; pin list MODEL.DTYPEpins.txt)")
     d.add_argument("--inputs", help=".npz of inputs (default: random)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--dim", action="append", default=[], metavar="NAME=N")
+    d.add_argument("--seed", type=int, default=0, help="seed of random inputs (default: 0)")
+    d.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="value of a symbolic input dim for random inputs (default: 2)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_debug)
 
@@ -132,10 +151,174 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sci(x: float) -> str:
+    """1e-4, not 0.0001 or 1e-04: tolerances as people write them."""
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
 def _load(path: str) -> Graph:
-    model = load_model(path)
-    check_model(model, path)
-    return Graph(model, str(Path(path).resolve().parent))
+    """Load and check a model for a command, before any work: one line for any problem with
+    the file, its strings or the external data files it reads."""
+    try:
+        try:
+            model = load_model(path)
+        except TypeError:  # a non-UTF-8 external data location reaches path code as bytes
+            _decode_strings(onnx.load(path, load_external_data=False))
+            raise
+        _decode_strings(model)
+        check_model(model, path)
+        graph = Graph(model, str(Path(path).resolve().parent))
+    except UnicodeDecodeError:  # protobuf decodes strings lazily: a flipped byte shows up late
+        raise ModelLoadError(f"{path}: not an ONNX model (a name is not valid UTF-8: the file "
+                             "is corrupt)") from None
+    _check_data_readable(graph, path)
+    return graph
+
+
+def _decode_strings(msg: object) -> None:
+    """Raise UnicodeDecodeError for any string field of a model that is not UTF-8 (protobuf
+    hands those out as bytes, and fails only when they are copied); tensor data is not read."""
+    if isinstance(msg, onnx.TensorProto):
+        _check_text(msg.name, msg.doc_string, *(v for e in msg.external_data
+                                               for v in (e.key, e.value)))
+        return
+    for fd, value in msg.ListFields():  # type: ignore[attr-defined]
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else \
+            fd.label == fd.LABEL_REPEATED
+        if fd.type == fd.TYPE_MESSAGE:
+            for m in (value if repeated else [value]):
+                _decode_strings(m)
+        elif fd.type == fd.TYPE_STRING:
+            _check_text(*(value if repeated else [value]))
+
+
+def _check_text(*values: object) -> None:
+    for v in values:
+        if isinstance(v, bytes):
+            v.decode("utf-8")  # raises UnicodeDecodeError
+
+
+def _check_data_readable(graph: Graph, path: str) -> None:
+    """Open each external data file now: a permission problem is one line, not a failure when
+    the output is saved after the whole pipeline ran."""
+    from onnxpass.modelio import referenced_files
+
+    for f in referenced_files(graph.model, graph.base_dir):
+        try:
+            with open(f, "rb") as fh:
+                fh.read(1)
+        except OSError as e:
+            raise ModelLoadError(f"{path}: cannot read its external data file {f.name!r}: "
+                                 f"{e.strerror or e}") from None
+
+
+def _read_data(graph: Graph, path: str) -> onnx.ModelProto:
+    """The model of a graph from :func:`_load` with its external data read in (from the
+    model's folder), for code that hands the model to ONNX Runtime in memory."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(graph.model, graph.base_dir)
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read its external data: {e.strerror or e}") from None
+    return graph.model
+
+
+def _parse_passes(spec: str) -> list[Pass]:
+    """parse_passes with the flag named in its errors."""
+    from onnxpass.passes.base import parse_passes
+
+    try:
+        return parse_passes(spec)
+    except OnnxpassError as e:
+        raise type(e)(f"--passes {spec!r}: {e}") from None
+
+
+def _feeds(model: onnx.ModelProto, inputs: str | None, seed: int, dims: dict[str, int]
+           ) -> dict[str, np.ndarray]:
+    """Inputs from ``--inputs`` (checked against the model) or random ones; ``--dim`` names
+    checked against the model's symbolic dims. All before any work."""
+    from onnxpass.verify import check_dims, check_feeds, load_inputs, random_inputs
+
+    check_dims(model, dims)
+    if not inputs:
+        return random_inputs(model, seed, dims)
+    feeds = load_inputs(inputs)
+    check_feeds(model, feeds, inputs)
+    return feeds
+
+
+def _check_dump_dir(path: str | None) -> None:
+    """Refuse a --dump-dir that cannot be a writable folder before the pipeline runs."""
+    if not path:
+        return
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise OnnxpassError(f"--dump-dir {d}: exists and is not a folder")
+    parent = d
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OnnxpassError(f"--dump-dir {d}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise OnnxpassError(f"--dump-dir {d}: {parent} is not writable")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """While active, what third-party code prints (Python or C) goes to stderr: stdout carries
+    only onnxpass's own output, so --json parses."""
+    sys.stdout.flush()
+    try:
+        saved: int | None = os.dup(1)
+    except OSError:  # fd 1 closed: Python-level redirection only
+        saved = None
+    if saved is not None:
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            _flush_c_stdio()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    """fflush(NULL): C-level prints still buffered go out before fd 1 is switched back."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+def _prepare_device(device: str) -> None:
+    """Check ``plugins check --device`` before any work; for cpu, have Triton interpret, which it
+    decides once, when first imported."""
+    if device == "cpu":
+        value = os.environ.get("TRITON_INTERPRET", "1")
+        if value != "1":
+            raise OnnxpassError(f"--device cpu: TRITON_INTERPRET={value} is set, but the CPU runs "
+                                "kernels only in Triton's interpreter: unset it or set it to 1")
+        os.environ["TRITON_INTERPRET"] = "1"
+        tl = sys.modules.get("triton.language")
+        if tl is not None and type(getattr(tl, "sum", None)).__name__ != "InterpretedFunction":
+            raise OnnxpassError("--device cpu: Triton was imported before TRITON_INTERPRET=1 "
+                                "could be set; run onnxpass in a new process")
+        return
+    if device != "cuda" and not device.startswith("cuda:"):
+        raise OnnxpassError(f"--device {device!r}: expected cuda or cpu")
+    try:
+        import torch
+    except ImportError:
+        raise OnnxpassError(f"--device {device}: needs PyTorch with CUDA; or use --device cpu "
+                            "(Triton's interpreter)") from None
+    if not torch.cuda.is_available():
+        raise OnnxpassError(f"--device {device}: no CUDA GPU is available here; use --device cpu "
+                            "to run the kernels in Triton's interpreter (slow)")
 
 
 def _default_output(model: Path) -> Path:
@@ -144,36 +327,41 @@ def _default_output(model: Path) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from onnxpass.passes.base import parse_passes
     from onnxpass.passes.fp16 import apply_pins
     from onnxpass.passes.manager import PassManager
 
     src = Path(args.model)
     out = Path(args.output) if args.output else _default_output(src)
-    if src.exists() and out.exists() and src.resolve() == out.resolve():
-        raise OnnxpassError(f"{out}: output would overwrite the input model")
-    _check_writable(out)
-    passes = parse_passes(args.passes)  # fail on unknown names before reading anything big
+    _check_writable(out, src)
+    passes = _parse_passes(args.passes)  # fail on unknown names before reading anything big
     apply_pins(passes, args.fp16_pins, "--fp16-pins")
     dims = _parse_dims(args.dim)
-    feeds = None
-    if args.verify and args.inputs:
-        from onnxpass.verify import load_inputs
-
-        feeds = load_inputs(args.inputs)
+    _check_dump_dir(args.dump_dir)
+    if args.inputs and not args.verify:
+        raise OnnxpassError(f"--inputs {args.inputs}: only --verify runs the model; add --verify")
     t0 = time.perf_counter()
     graph = _load(str(src))
+    _check_writable(out, src, graph)  # now that the files the input reads are known
     load_s = time.perf_counter() - t0
+    # --inputs and --dim are checked against the model before the pipeline runs
+    feeds = _feeds(graph.model, args.inputs, args.seed, dims) if args.verify else None
+    if feeds is None:
+        from onnxpass.verify import check_dims
+
+        check_dims(graph.model, dims)
     progress = None if args.quiet or args.json else (lambda msg: print(msg, file=sys.stderr))
-    result = PassManager(passes, check=not args.no_check, dump_dir=args.dump_dir,
-                         progress=progress).run(graph)
+    with _stdout_to_stderr():
+        result = PassManager(passes, check=not args.no_check, dump_dir=args.dump_dir,
+                             progress=progress).run(graph)
     model = result.graph.to_model()
     t1 = time.perf_counter()
     save_model(model, out, graph.base_dir)
     save_s = time.perf_counter() - t1
     verify_lines: list[str] = []
-    if args.verify:
-        verify_lines = _verify(src, out, feeds, dims, args)
+    verify_failed: str | None = None
+    if feeds is not None:
+        with _stdout_to_stderr():
+            verify_lines, verify_failed = _verify(src, out, feeds, args)
     summary = {
         "input": str(src), "output": str(out), "rounds": result.rounds, "notes": result.notes,
         "passes": [s.__dict__ for s in result.stats],
@@ -188,33 +376,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in verify_lines:
             print(f"verify {line}")
         print(f"wrote {out}")
-    if verify_lines and not all(line.endswith("ok") for line in verify_lines):
-        print(f"onnxpass: error: {out}: outputs differ from {src} beyond rtol={args.rtol} "
-              f"atol={args.atol}; output removed", file=sys.stderr)
+    if verify_failed:
+        print(f"onnxpass: error: {out}: outputs differ from {src} beyond {verify_failed}; "
+              "output removed", file=sys.stderr)
         _remove_output(out)
         return EXIT_VERIFY_FAILED
     return 0
 
 
-def _verify(src: Path, out: Path, feeds, dims, args) -> list[str]:  # type: ignore[no-untyped-def]
-    """Compare the input file (never overwritten) with the output just written."""
-    from onnxpass.verify import compare_models, random_inputs
+def _verify(src: Path, out: Path, feeds: dict[str, np.ndarray], args: argparse.Namespace
+            ) -> tuple[list[str], str | None]:
+    """Compare the input file (never overwritten) with the output just written, at the
+    tolerance of the precision the output computes in unless --rtol/--atol say otherwise.
+    Returns the per-output lines and, when one differs, the tolerance in words. Removes the
+    output when anything goes wrong."""
+    from onnxpass.errors import VerificationError
+    from onnxpass.verify import compute_precision, run, tolerance_text, verify_stats
 
-    original = str(src)
-    if feeds is None:
-        feeds = random_inputs(load_model(src), args.seed, dims)
     try:
-        stats = compare_models(original, str(out), feeds, args.rtol, args.atol)
-    except OnnxpassError:
+        precision = compute_precision(load_model(out))
+        want = run(str(src), feeds)
+        if precision == "bfloat16":  # ONNX Runtime's CPU provider has no bfloat16 arithmetic
+            from onnxpass.debug_precision import simulate_float16
+
+            got = run(simulate_float16(onnx.load(str(out))), feeds)
+        else:
+            got = run(str(out), feeds)
+        missing = sorted(set(want) - set(got))
+        if missing:
+            raise VerificationError(f"{out}: lacks outputs {missing} of {src}")
+        stats = [verify_stats(k, want[k], got[k], precision, args.rtol, args.atol) for k in want]
+    except BaseException:
         _remove_output(out)
         raise
-    return [s.line() for s in stats]
+    ok = all(s.within for s in stats)
+    return [s.line() for s in stats], None if ok else tolerance_text(precision, args.rtol,
+                                                                       args.atol)
 
 
-def _check_writable(out: Path) -> None:
-    """Refuse an output path that cannot be written before doing any work."""
-    if out.is_dir():
-        raise OnnxpassError(f"{out}: is a directory; -o takes the output file's path")
+def _check_writable(out: Path, src: Path, graph: Graph | None = None) -> None:
+    """Refuse, before any work, an output that cannot be written, that is not a regular file or
+    absent, or that would overwrite the input ``src`` or (given its ``graph``) a file it reads."""
+    from onnxpass.modelio import check_output, referenced_files
+
+    reads = referenced_files(graph.model, graph.base_dir) if graph is not None else []
+    check_output(out, src, reads)
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
@@ -223,9 +429,10 @@ def _check_writable(out: Path) -> None:
 
 
 def _remove_output(out: Path) -> None:
-    for p in (out, out.with_name(out.name + ".data")):
-        if p.exists():
-            p.unlink()
+    """Remove an output model and its data file, whatever name save_model gave that."""
+    from onnxpass.modelio import remove_model
+
+    remove_model(out)
 
 
 def _parse_dims(items: list[str]) -> dict[str, int]:
@@ -280,25 +487,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_match(args: argparse.Namespace) -> int:
-    from onnxpass.passes.base import PatternPass, parse_passes
-    from onnxpass.patterns.rule import explain
-
-    passes = parse_passes(args.passes)
-    graph = _load(args.model)
-    graph.refresh_types()
-    report = []
-    for p in passes:
-        if not isinstance(p, PatternPass):
-            continue
-        for a in explain(graph, p.rules()):
-            if not args.explain and not a.matched:
-                continue
-            where = a.node.name or a.node.outputs[0]
-            entry = {"pass": p.label, "rule": a.rule, "node": where, "op": a.node.op_type,
-                     "matched": a.matched, "ops_matched": a.depth, "pattern_ops": a.size,
-                     "reason": a.reason,
-                     "stopped_at": (a.at.name or a.at.outputs[0]) if a.at is not None else None}
-            report.append(entry)
+    with _stdout_to_stderr():
+        report = _match_report(args)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -315,23 +505,54 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
+def _match_report(args: argparse.Namespace) -> list[dict[str, object]]:
+    """Where the passes match (and with --explain, where and why they stop)."""
+    from onnxpass.passes.base import PatternPass
+    from onnxpass.patterns.rule import explain
+
+    passes = _parse_passes(args.passes)
+    graph = _load(args.model)
+    graph.refresh_types()
+    report: list[dict[str, object]] = []
+    for p in passes:
+        if not isinstance(p, PatternPass):
+            continue
+        for a in explain(graph, p.rules()):
+            if not args.explain and not a.matched:
+                continue
+            where = a.node.name or a.node.outputs[0]
+            report.append({"pass": p.label, "rule": a.rule, "node": where,
+                           "op": a.node.op_type, "matched": a.matched, "ops_matched": a.depth,
+                           "pattern_ops": a.size, "reason": a.reason,
+                           "stopped_at": (a.at.name or a.at.outputs[0]) if a.at is not None
+                           else None})
+    return report
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from onnxpass.plugins import NAMESPACE, all_plugins
-    from onnxpass.plugins.kernels import implementations
 
     if args.action == "check":
-        from onnxpass.plugins.gpu_check import check
-
         if not args.model:
             raise OnnxpassError("plugins check needs MODEL")
-        r = check(load_model(args.model), args.original and load_model(args.original),
-                  device=args.device, rtol=args.rtol, atol=args.atol)
+        _prepare_device(args.device)  # before anything imports Triton
+        from onnxpass.plugins.gpu_check import check
+        from onnxpass.verify import check_same_inputs
+
+        model = _read_data(_load(args.model), args.model)
+        original = _read_data(_load(args.original), args.original) if args.original else None
+        if original is not None:
+            check_same_inputs(original, model, args.original, args.model)
+        with _stdout_to_stderr():
+            r = check(model, original, device=args.device, rtol=args.rtol, atol=args.atol)
         if args.json:
             print(json.dumps({"ok": r.ok, "ran": r.ran, "segments": r.segments,
                               "outputs": [s.__dict__ for s in r.outputs]}))
         else:
             print("\n".join(r.lines()))
         return 0 if r.ok else EXIT_VERIFY_FAILED
+    from onnxpass.plugins.kernels import implementations
+
     rows = [{"name": s.name, "id": f"{NAMESPACE}::{s.name}", "version": s.version,
              "inputs": list(s.inputs), "outputs": list(s.outputs), "dtypes": list(s.dtypes),
              "attributes": [{"name": a.name, "kind": a.kind, "default": a.default, "doc": a.doc}
@@ -356,8 +577,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from onnxpass.compare import compare
 
     mean, std = _parse_floats("--mean", args.mean), _parse_floats("--std", args.std)
-    rows = compare(args.a, args.b, inputs=args.inputs, seed=args.seed, dims=_parse_dims(args.dim),
-                   rtol=args.rtol, atol=args.atol, mean=mean, std=std)
+    dims = _parse_dims(args.dim)
+    with _stdout_to_stderr():
+        rows = compare(args.a, args.b, inputs=args.inputs, seed=args.seed, dims=dims,
+                       rtol=args.rtol, atol=args.atol, mean=mean, std=std,
+                       load=lambda path: _load(path).model)
     ok = all(r.stats.within for r in rows)
     if args.json:
         print(json.dumps({"ok": ok, "rtol": args.rtol, "atol": args.atol,
@@ -369,15 +593,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_debug(args: argparse.Namespace) -> int:
     from onnxpass.debug_precision import debug_precision
-    from onnxpass.verify import load_inputs, random_inputs
 
     src = Path(args.model)
     out = Path(args.output) if args.output else src.with_name(src.stem + f".{args.dtype}pins.txt")
-    model = _load(str(src)).model
-    feeds = load_inputs(args.inputs) if args.inputs else random_inputs(
-        model, args.seed, _parse_dims(args.dim))
+    graph = _load(str(src))
+    _check_writable(out, src, graph)  # the pin list never replaces the model or its data
+    dims = _parse_dims(args.dim)
+    feeds = _feeds(graph.model, args.inputs, args.seed, dims)
+    model = _read_data(graph, str(src))
     progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
-    r = debug_precision(src, args.tol, out, feeds, args.form, progress, args.runner, args.dtype)
+    with _stdout_to_stderr():
+        r = debug_precision(src, args.tol, out, feeds, args.form, progress, args.runner,
+                            args.dtype, model=model)
     if args.json:
         print(json.dumps({"ok": r.ok, "pins": r.pins, "runs": r.runs, "worst": r.worst,
                           "output": str(out)}, indent=2))

@@ -16,11 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import load_model
 from onnxpass.images import feeds_from
-from onnxpass.verify import ErrorStats, error_stats, load_inputs, run
+from onnxpass.verify import (ErrorStats, check_dims, check_feeds, check_same_inputs,
+                             error_stats, load_inputs, run)
 
 Feeds = dict[str, np.ndarray]
 
@@ -76,18 +78,29 @@ def runner(path: str | os.PathLike[str]) -> Callable[[Feeds], Feeds]:
 def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
             inputs: str | os.PathLike[str] | None = None, seed: int = 0,
             dims: dict[str, int] | None = None, rtol: float = 1e-5, atol: float = 1e-6,
-            mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-            ) -> list[OutputComparison]:
+            mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+            load: Callable[[str], onnx.ModelProto] | None = None) -> list[OutputComparison]:
     """Run A and B on the same feeds; one comparison per output of A (B must have them all).
     Random feeds and image batches are made for the first .onnx of A and B; two engines
-    need ``inputs`` (an .npz)."""
+    need ``inputs`` (an .npz). Inputs that differ between two models, and feeds that do not
+    fit them, are refused before anything runs. ``load`` reads an .onnx (default
+    :func:`onnxpass.graph.load_model`)."""
+    load = load or load_model
     run_a, run_b = runner(a), runner(b)
-    model = next((p for p in (a, b) if not is_engine(p)), None)
-    if model is None and (inputs is None or Path(inputs).is_dir()):
+    models = {p: load(str(p)) for p in (a, b) if not is_engine(p)}
+    if not models and (inputs is None or Path(inputs).is_dir()):
         raise OnnxpassError(f"{a}, {b}: two engines need --inputs FILE.npz (random inputs and "
                             f"images are made from an .onnx model)")
-    feeds = (feeds_from(inputs, load_model(model), seed, dims, mean, std) if model is not None
-             else load_inputs(inputs))  # type: ignore[arg-type]
+    if len(models) == 2:
+        check_same_inputs(models[a], models[b], a, b)
+    model = next(iter(models.values()), None)
+    if model is not None:
+        check_dims(model, dims or {})
+        feeds = feeds_from(inputs, model, seed, dims, mean, std)
+        for m in models.values():
+            check_feeds(m, feeds, inputs or "random inputs")
+    else:
+        feeds = load_inputs(inputs)  # type: ignore[arg-type]
     want, got = run_a(feeds), run_b(feeds)
     missing = [k for k in want if k not in got]
     if missing:

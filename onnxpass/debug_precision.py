@@ -188,8 +188,16 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
 def debug_precision(path: str | os.PathLike[str], tol: float, output: str | os.PathLike[str],
                     feeds: Feeds | None = None, form: str = "mixed",
                     progress: Callable[[str], None] | None = None, runner: str = "onnxruntime",
-                    dtype: str = "fp16") -> PrecisionResult:
-    model = onnx.load(str(path))
+                    dtype: str = "fp16", model: onnx.ModelProto | None = None) -> PrecisionResult:
+    """Find the pins for the model at ``path`` (or ``model``, that file loaded with its
+    external data) and write the pin list to ``output``."""
+    if model is None:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        from onnxpass.graph import load_model
+
+        model = load_model(path)  # external data checked (confined, in bounds) before reading
+        load_external_data_for_model(model, str(Path(path).resolve().parent))
     result = find_pins(model, tol, feeds, form, progress, runner, dtype)
     try:
         Path(output).write_text(result.pin_file(tol, form, dtype))

@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from onnxpass.errors import ModelLoadError, OnnxpassError, PassError
+from onnxpass.errors import PassError
+# Loading and saving live in onnxpass.modelio; re-exported here, where callers have found them.
+from onnxpass.modelio import check_model, load_model, save_model, skeleton  # noqa: F401
+from onnxpass.modelio import first_line as _first_line
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
-
-# A tensor with more elements than this is a "weight": left out of the skeleton used for checking,
-# shape inference and opset conversion, so those never copy model weights.
-_WEIGHT_ELEMENTS = 1024
-_TWO_GB = 2**31 - 1
 
 # Ops whose attribute became an input in a later opset: attribute name -> input index.
 # The matcher reads both forms through Node.attr(), so patterns never care which one a model uses.
@@ -136,8 +132,10 @@ class Graph:
         self.new_initializers: dict[str, TensorProto] = {}
         self.types: dict[str, onnx.TypeProto] = {}
         self._const_cache: dict[str, np.ndarray | None] = {}
-        self._names = itertools.count()
-        self._used_names: set[str] = set(self.initializers) | set(self.inputs)
+        # Every name in the model, values and nodes alike (subgraphs included): a fresh name
+        # avoids them all, so names stay unique across passes, rounds and rebuilt Graphs.
+        self._used_names: set[str] = _all_names(g)
+        self._name_counts: dict[str, int] = {}
         self._schema_cache: dict[tuple[str, str, str], Any] = {}
         self._live_initializers: set[str] = set(self.initializers)
         for vi in itertools.chain(g.input, g.output, g.value_info):
@@ -145,8 +143,13 @@ class Graph:
                 self.types[vi.name] = vi.type
         for t in g.initializer:
             self.types.setdefault(t.name, _tensor_type(t.data_type, t.dims))
+        seen_nodes: set[str] = set()
         for p in g.node:
-            self._add(Node.from_proto(p))
+            node = Node.from_proto(p)
+            if node.name and node.name in seen_nodes:  # ONNX Runtime refuses two such nodes
+                node.name = self.fresh_name(node.name)
+            seen_nodes.add(node.name)
+            self._add(node)
         self._sorted = True  # ONNX requires a model's nodes in topological order
 
     # ---- structure -------------------------------------------------------------------------
@@ -192,11 +195,24 @@ class Graph:
         self.model.opset_import.add(domain=domain, version=version)
 
     def fresh_name(self, hint: str = "v") -> str:
-        while True:
-            name = f"{hint}__{next(self._names)}"
-            if name not in self._used_names and name not in self.producer:
-                self._used_names.add(name)
-                return name
+        """A name no value or node of the model has: ``hint`` itself when it is free, else
+        ``hint_1``, ``hint_2``, ... Names are never reused, even after their node is removed."""
+        hint = hint or "v"
+        name = hint
+        k = self._name_counts.get(hint, 0)
+        while name in self._used_names:
+            k += 1
+            name = f"{hint}_{k}"
+        self._name_counts[hint] = k
+        self._used_names.add(name)
+        return name
+
+    def fresh_node_name(self, near: Node | None, op_type: str) -> str:
+        """A node name derived from the node it replaces or sits next to: ``/enc/ln/Add_1``
+        and ``LayerNormalization`` give ``/enc/ln/LayerNormalization``."""
+        base = (near.name or (near.outputs[0] if near.outputs else "")) if near else ""
+        scope = base.rsplit("/", 1)[0] if "/" in base else base
+        return self.fresh_name(f"{scope}/{op_type}" if scope else op_type)
 
     def live_nodes(self) -> list[Node]:
         return [n for n in self.nodes if n.graph is self]
@@ -299,7 +315,9 @@ class Graph:
             if new in rename:
                 continue
             if self.is_output(old):
-                new_nodes = [*new_nodes, Node("Identity", [new], [old], name=self.fresh_name("id"))]
+                ident = Node("Identity", [new], [old],
+                             name=self.fresh_node_name(self.producer.get(old), "Identity"))
+                new_nodes = [*new_nodes, ident]
                 continue
             for user in list(self.users(old)):
                 self._sorted = False
@@ -468,155 +486,6 @@ class RewriteRefused(Exception):
     MatchFailure in explanations)."""
 
 
-# ---- loading and saving -------------------------------------------------------------------------
-
-def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Load a model; external data stays on disk, named relative to the model's folder."""
-    p = Path(path)
-    if not p.exists():
-        raise ModelLoadError(f"{p}: no such file")
-    if p.is_dir():
-        raise ModelLoadError(f"{p}: is a directory, not an ONNX model")
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as e:
-        raise ModelLoadError(f"{p}: not an ONNX model ({_first_line(e)})") from None
-    if not model.graph.node and not model.graph.output:
-        raise ModelLoadError(f"{p}: not an ONNX model (empty or truncated graph)")
-    if model.ir_version == 0:
-        raise ModelLoadError(f"{p}: not an ONNX model (no IR version)")
-    for t in _external_tensors(model):
-        loc = next((e.value for e in t.external_data if e.key == "location"), "")
-        if not (p.parent / loc).is_file():
-            raise ModelLoadError(f"{p}: external data file {loc!r} of tensor {t.name!r} is missing")
-    return model
-
-
-def check_model(model: onnx.ModelProto, source: str = "model") -> None:
-    """onnx.checker on the weight-free skeleton; raises ModelLoadError with one line."""
-    skel, _ = skeleton(model)
-    try:
-        onnx.checker.check_model(skel, full_check=False)
-    except Exception as e:
-        raise ModelLoadError(f"{source}: invalid ONNX graph: {_first_line(e)}") from None
-
-
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: str = "") -> None:
-    """Save atomically (temp file + rename). Tensors that were external stay external, written to
-    ``<output>.data``; so does everything when the model would pass 2 GB."""
-    out = Path(path)
-    try:
-        _save_atomically(model, out, base_dir)
-    except OSError as e:
-        raise OnnxpassError(f"{out}: cannot write: {e.strerror or e}") from None
-
-
-def _save_atomically(model: onnx.ModelProto, out: Path, base_dir: str) -> None:
-    if out.is_dir():
-        raise IsADirectoryError(21, "is a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    data = None if any(_external_tensors(model)) else _serialize_under_2gb(model)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        if data is None:
-            _save_with_external_data(model, Path(tmp), out, base_dir)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            del data
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _serialize_under_2gb(model: onnx.ModelProto) -> bytes | None:
-    """The serialized model, or None when it passes protobuf's 2 GB limit. Serializes once:
-    ``ByteSize()`` would cost a full serialization too (upb encodes to measure; and raises past
-    2 GB, as SerializeToString does)."""
-    from google.protobuf.message import EncodeError
-
-    try:
-        data = model.SerializeToString()
-    except (EncodeError, ValueError):
-        return None
-    return data if len(data) <= _TWO_GB else None
-
-
-def _save_with_external_data(model: onnx.ModelProto, tmp: Path, out: Path, base_dir: str) -> None:
-    data_name = out.name + ".data"
-    data_tmp = tmp.with_name(tmp.name + ".data")
-    offset = 0
-    edits: list[tuple[TensorProto, list[tuple[str, str]]]] = []
-    with open(data_tmp, "wb") as f:
-        for t in _all_tensors(model):
-            if t.data_location == TensorProto.EXTERNAL:
-                info = {e.key: e.value for e in t.external_data}
-                src = Path(base_dir) / info["location"]
-                with open(src, "rb") as s:
-                    s.seek(int(info.get("offset", 0)))
-                    raw = s.read(int(info["length"])) if "length" in info else s.read()
-            elif t.HasField("raw_data") and len(t.raw_data) > _WEIGHT_ELEMENTS:
-                raw = t.raw_data
-            else:
-                continue
-            pad = (-offset) % 4096
-            f.write(b"\0" * pad)
-            offset += pad
-            f.write(raw)
-            edits.append((t, [("location", data_name), ("offset", str(offset)),
-                              ("length", str(len(raw)))]))
-            offset += len(raw)
-    originals = []
-    for t, entries in edits:
-        originals.append((t, t.data_location, list(t.external_data), t.raw_data if
-                          t.HasField("raw_data") else None))
-        t.ClearField("raw_data")
-        del t.external_data[:]
-        t.data_location = TensorProto.EXTERNAL
-        for k, v in entries:
-            t.external_data.add(key=k, value=v)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
-    finally:  # the in-memory model keeps pointing at its original data
-        for t, loc, ext, raw in originals:
-            del t.external_data[:]
-            t.external_data.extend(ext)
-            t.data_location = loc
-            if raw is not None:
-                t.raw_data = raw
-    os.replace(data_tmp, out.with_name(data_name))
-
-
-def skeleton(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of ``model`` whose weights are graph inputs instead of initializers: small enough
-    to check, infer and convert cheaply. Returns the skeleton and the names of moved weights."""
-    skel = onnx.ModelProto()
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
-        setattr(skel, field, getattr(model, field))
-    skel.opset_import.extend(model.opset_import)
-    skel.functions.extend(model.functions)
-    g, sg = model.graph, skel.graph
-    sg.name = g.name
-    sg.node.extend(g.node)
-    sg.input.extend(g.input)
-    sg.output.extend(g.output)
-    sg.value_info.extend(g.value_info)
-    input_names = {i.name for i in g.input}
-    moved: list[str] = []
-    for t in g.initializer:
-        n = int(np.prod(t.dims)) if len(t.dims) else 1
-        if n > _WEIGHT_ELEMENTS or t.data_location == TensorProto.EXTERNAL:
-            moved.append(t.name)
-            if t.name not in input_names:
-                sg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            sg.initializer.append(t)
-    return skel, moved
-
-
 def convert_opset(graph: Graph, version: int, why: str) -> Graph:
     """Raise the default-domain opset with ONNX's version converter, run on the skeleton so
     weights are not copied. Raises PassError if conversion fails."""
@@ -625,6 +494,7 @@ def convert_opset(graph: Graph, version: int, why: str) -> Graph:
     from onnxpass.plugins.base import DOMAIN, all_plugins
 
     model = graph.to_model()
+    metadata = node_metadata(model)
     skel, moved = skeleton(model)
     try:
         conv = version_converter.convert_version(skel, version)
@@ -636,6 +506,7 @@ def convert_opset(graph: Graph, version: int, why: str) -> Graph:
     g = model.graph
     del g.node[:]
     g.node.extend(conv.graph.node)
+    restore_node_metadata(model, metadata)
     # The weights stay where they are (extend would copy them); only the small initializers,
     # which went through the converter, are replaced.
     for k in reversed([k for k, t in enumerate(g.initializer) if t.name not in moved_set]):
@@ -657,12 +528,6 @@ def convert_opset(graph: Graph, version: int, why: str) -> Graph:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else text
-
-
 def _tensor_type(elem: int, dims: Iterable[int]) -> onnx.TypeProto:
     return helper.make_tensor_type_proto(elem, list(dims))
 
@@ -676,6 +541,37 @@ def _constant_node_value(node: Node) -> np.ndarray | None:
             dtype = np.float32 if "float" in key else np.int64
             return np.asarray(v, dtype=dtype)
     return None
+
+
+def _all_names(g: onnx.GraphProto) -> set[str]:
+    """Every value and node name of ``g`` and of the subgraphs of its nodes."""
+    names = {i.name for i in g.input} | {o.name for o in g.output}
+    names.update(t.name for t in g.initializer)
+    names.update(v.name for v in g.value_info)
+    for n in g.node:
+        names.add(n.name)
+        names.update(n.input)
+        names.update(n.output)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                names |= _all_names(sub)
+    names.discard("")
+    return names
+
+
+def node_metadata(model: onnx.ModelProto) -> dict[str, list[onnx.StringStringEntryProto]]:
+    """Node name -> metadata_props, for the nodes that have some (names are unique)."""
+    return {n.name: list(n.metadata_props) for n in model.graph.node
+            if n.name and len(n.metadata_props)}
+
+
+def restore_node_metadata(model: onnx.ModelProto,
+                          saved: dict[str, list[onnx.StringStringEntryProto]]) -> None:
+    """Put back the metadata a round trip through another tool (GraphSurgeon, the version
+    converter) dropped: provenance, and the fp16 pass's boundary marks that keep it idempotent."""
+    for n in model.graph.node:
+        if n.name in saved and not len(n.metadata_props):
+            n.metadata_props.extend(saved[n.name])
 
 
 def _produced_by(value: str, nodes: Sequence[Node]) -> bool:
@@ -703,18 +599,6 @@ def _all_inputs(node: Node) -> Iterator[str]:
     yield from (i for i in node.inputs if i)
     if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attrs.values()):
         yield from _subgraph_captures(node)
-
-
-def _all_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
-    yield from model.graph.initializer
-    for n in model.graph.node:
-        for a in n.attribute:
-            if a.type == AttributeProto.TENSOR:
-                yield a.t
-
-
-def _external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
-    return (t for t in _all_tensors(model) if t.data_location == TensorProto.EXTERNAL)
 
 
 def _prune_opsets(model: onnx.ModelProto) -> None:

@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from onnxpass.errors import OnnxpassError
-from onnxpass.verify import load_inputs, random_inputs
+from onnxpass.verify import describe_inputs, load_inputs, random_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -125,21 +125,11 @@ def image_input(model: onnx.ModelProto, layout: str = "auto", where: object = "m
         layouts = "NCHW or NHWC" if layout == "auto" else layout
         raise OnnxpassError(f"{where}: the model has {what}; an image input is a float input of "
                             f"rank 4 with 1 or 3 channels ({layouts}); its inputs: "
-                            f"{_describe(model, inits)}")
+                            f"{describe_inputs(model)}")
     return found[0]
 
 
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
-
-
-def _describe(model: onnx.ModelProto, inits: set[str]) -> str:
-    def one(vi: onnx.ValueInfoProto) -> str:
-        tt = vi.type.tensor_type
-        dims = (str(d.dim_value) if d.HasField("dim_value") else d.dim_param or "?"
-                for d in tt.shape.dim)
-        return f"{vi.name} {onnx.TensorProto.DataType.Name(tt.elem_type).lower()}[{','.join(dims)}]"
-
-    return ", ".join(one(vi) for vi in model.graph.input if vi.name not in inits) or "none"
 
 
 def _per_channel(folder: Path, what: str, given: Sequence[float] | None,

@@ -45,3 +45,12 @@ def deit_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     from tests.models_attention import deit
 
     return lazy_exports(deit(), tmp_path_factory.mktemp("deit"), "deit")
+
+
+@pytest.fixture(scope="session")
+def heldout_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Held-out architectures (GPT-2, T5 encoder, Llama, Qwen2, Mask2Former), each export made
+    once per session (tests/models_heldout.py)."""
+    from tests.models_heldout import HeldoutExports
+
+    return HeldoutExports(tmp_path_factory.mktemp("heldout"))

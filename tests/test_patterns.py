@@ -64,11 +64,96 @@ def test_repeated_chain_of_any_length() -> None:
     assert m["x"] == "x" and len(m.nodes) == 4
 
 
-def test_constant_by_value_with_tolerance() -> None:
+def test_constant_by_value_within_stated_ulps() -> None:
     text = f"""{HDR} g (float[4] x) => (float[4] y) <float r = {{VALUE}}> {{ y = Mul (x, r) }}"""
-    rule = Rule("r", lambda op, x: op.Mul(x, 0.70710678), lambda op, m: m["x"])
-    assert first_match(graph(text.replace("VALUE", "0.7071068")), rule) is not None
-    assert first_match(graph(text.replace("VALUE", "0.75")), rule) is None
+    exact = Rule("r", lambda op, x: op.Mul(x, 0.70710678), lambda op, m: m["x"])
+    one_ulp = Rule("r", lambda op, x: op.Mul(x, Const(value=0.70710678, ulps=1)),
+                   lambda op, m: m["x"])
+    # 0.70710677 and 0.7071067690849304 are the same float32; 0.7071068 is one ULP above
+    for written in ("0.70710677", "0.7071067690849304"):
+        assert first_match(graph(text.replace("VALUE", written)), exact) is not None
+    assert first_match(graph(text.replace("VALUE", "0.7071068")), exact) is None
+    assert first_match(graph(text.replace("VALUE", "0.7071068")), one_ulp) is not None
+    assert first_match(graph(text.replace("VALUE", "0.7071069")), one_ulp) is None
+    assert first_match(graph(text.replace("VALUE", "0.75")), one_ulp) is None
+
+
+def test_constant_value_is_compared_in_its_own_dtype() -> None:
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from onnxpass.graph import Graph
+
+    def mul_by(value: np.ndarray) -> Graph:
+        elem = helper.np_dtype_to_tensor_dtype(value.dtype)
+        g = helper.make_graph([helper.make_node("Mul", ["x", "r"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", elem, [4])],
+                              [helper.make_tensor_value_info("y", elem, [4])],
+                              [numpy_helper.from_array(value, "r")])
+        out = Graph(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+        out.refresh_types()
+        return out
+
+    rule = Rule("r", lambda op, x: op.Mul(x, 1.4142135623730951), lambda op, m: m["x"])
+    assert first_match(mul_by(np.array(1.414, np.float16)), rule) is not None  # sqrt 2 in fp16
+    assert first_match(mul_by(np.array(1.414, np.float32)), rule) is None
+
+
+def test_no_relative_tolerance_for_exact_values() -> None:
+    rule = Rule("r", lambda op, x: op.Mul(x, 1.0), lambda op, m: m["x"])
+    for value, ok in (("1.0", True), ("1.00009", False), ("0.99999994", False)):
+        g = graph(f"""{HDR} g (float[4] x) => (float[4] y) <float r = {{{value}}}> {{
+            y = Mul (x, r)
+        }}""")
+        assert (first_match(g, rule) is not None) == ok, value
+
+
+def test_unnamed_attribute_must_hold_its_default() -> None:
+    rule = Rule("r", lambda op, x: op.Shape(x), lambda op, m: m["x"])
+    for attrs, ok in (("", True), ("<start = 0>", True), ("<start = 1>", False),
+                      ("<end = 2>", False)):
+        g = graph(f"""{HDR} g (float[4,5] x) => (int64[2] y) {{ y = Shape {attrs} (x) }}""")
+        assert (first_match(g, rule) is not None) == ok, attrs
+
+
+def test_attribute_in_input_form_must_be_named() -> None:
+    rule = Rule("r", lambda op, x: op.ReduceSum(x, keepdims=1), lambda op, m: m["x"])
+    g = graph("""<ir_version: 8, opset_import: ["" : 18]>
+    g (float[4,5] x) => (float[4,1] y) <int64[1] a = {1}> { y = ReduceSum (x, a) }""")
+    assert first_match(g, rule) is None
+    named = Rule("r", lambda op, x: op.ReduceSum(x, axes=Var("axes"), keepdims=1),
+                 lambda op, m: m["x"])
+    assert first_match(g, named).attr("axes") == [1]
+
+
+def test_irrelevant_attribute_is_proven_so() -> None:
+    rule = Rule("r", lambda op, x: op.ReduceMean(x, axes=Var("axes")), lambda op, m: m["x"])
+    given = graph("""<ir_version: 8, opset_import: ["" : 18]>
+    g (float[4,5] x) => (float[4,1] y) <int64[1] a = {1}> {
+        y = ReduceMean <noop_with_empty_axes = 1> (x, a)
+    }""")
+    assert first_match(given, rule) is not None  # axes given: the flag does nothing
+    absent = graph("""<ir_version: 8, opset_import: ["" : 18]>
+    g (float[4,5] x) => (float[4,5] y) { y = ReduceMean <noop_with_empty_axes = 1> (x) }""")
+    assert first_match(absent, rule) is None  # no axes: an identity, not a mean
+
+
+def test_cast_saturate_matters_only_for_float8() -> None:
+    rule = Rule("r", lambda op, x: op.Cast(x, to=Var("to")), lambda op, m: m["x"])
+    for to, name, ok in ((TensorProto.FLOAT16, "float16", True),
+                         (TensorProto.FLOAT8E4M3FN, "float8e4m3fn", False)):
+        g = graph(f"""<ir_version: 9, opset_import: ["" : 19]>
+        g (float[4] x) => ({name}[4] y) {{ y = Cast <to = {to}, saturate = 0> (x) }}""")
+        assert (first_match(g, rule) is not None) == ok, to
+
+
+def test_constant_may_not_widen_the_output() -> None:
+    rule = Rule("r", lambda op, x: op.Mul(x, 0.5), lambda op, m: m["x"])
+    for shape, ok in (("", True), ("[1]", True), ("[1,1]", True), ("[1,1,1]", False)):
+        g = graph(f"""{HDR} g (float[2,4] x) => (float y) <float{shape} h = {{0.5}}> {{
+            y = Mul (x, h)
+        }}""")
+        assert (first_match(g, rule) is not None) == ok, shape
 
 
 def test_constant_node_and_initializer_are_both_constants() -> None:

@@ -19,6 +19,10 @@ Forms:
 Never fires when the bias varies along B or S or broadcasts x up, x (or a 3-D a) is not 3-D,
 the Reshape may move B or S (a target (S, B, H, d) has the same element count), the split of N
 is not known, or a value inside the match feeds anything else.
+
+Attributes checked: Transpose ``perm`` (one of the two above); Reshape ``allowzero`` (bound: a 0
+in the target copies x's dim only when it is 0, which reshape_dims follows, and the std form
+re-emits it); Add and MatMul have none.
 """
 
 from __future__ import annotations

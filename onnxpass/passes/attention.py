@@ -45,6 +45,19 @@ or 4-D; a scale that is neither a constant scalar nor one factor per head; Softm
 output dtype; a Where fill other than -inf or float32's lowest value (an additive mask cannot
 reproduce a finite fill on a fully masked row); and in std and plugin form batch or head dims
 that MatMul broadcasts and Attention does not, a mask that broadcasts the scores to a bigger shape.
+
+Constants: scales are bound (any finite nonzero value, folded exactly as written); the guard's
+0 exactly; a constant scale or fill may not broadcast the scores to a bigger shape.
+Attributes checked: Softmax ``axis`` (bound; the last axis, which at opset < 13 is also what the
+2-D coercion normalizes over); Transpose ``perm`` (bound and composed, or [0, 2, 1] / [0, 2, 1, 3]
+exactly); Cast ``to`` (bound, checked), ``saturate``/``round_mode`` (irrelevant: float targets);
+Shape ``start`` (0) and ``end`` (bound: absent); Concat ``axis`` (0); Reshape ``allowzero``
+(bound and re-emitted in the trt form's projection; in K's flat form 0, or 1 where K's dims are
+all known nonzero, so that no target entry is 0); MatMul, Mul, Div, Add, Where, IsNaN, Slice
+have none. Native rule:
+Attention ``is_causal`` (0), ``softcap`` (0), ``scale``, ``q_num_heads`` (absent: 4-D only),
+``softmax_precision`` (bound); ``kv_num_heads``, ``qk_matmul_output_mode`` and the window sizes
+must hold their defaults.
 """
 
 from __future__ import annotations
@@ -82,10 +95,11 @@ def make_pattern(fold_q: bool):  # type: ignore[no-untyped-def]
         k_pre = scaled(k, "k_scale")
         dims = op.Shape(k_pre, start=0, end=Var("k_shape_end"))
         last, second = op.Slice(dims, -1, Const("k_end")), op.Slice(dims, -2, -1)
-        flat = op.Reshape(k_pre, op.Concat(-1, second, last, axis=0))
+        flat = op.Reshape(k_pre, op.Concat(-1, second, last, axis=0), allowzero=Var("k_az_flat"))
         unflat = op.Concat(op.Slice(dims, Const("k_start"), -2), last, second, axis=0)
         k_t = Alt(transpose=op.Transpose(k_pre, perm=Var("k_perm")),
-                  flat=op.Reshape(op.Transpose(flat, perm=[0, 2, 1]), unflat),
+                  flat=op.Reshape(op.Transpose(flat, perm=[0, 2, 1]), unflat,
+                                  allowzero=Var("k_az_unflat")),
                   given=k_pre, tag="k_layout")
         scores = scaled(op.MatMul(scaled(q, "q_scale"), scaled(k_t, "kt_scale")), "s_scale")
         where = Alt(where=op.Where(Var("cond"), scores, Const("fill")),
@@ -163,6 +177,10 @@ def _k_layout(m: Match, r: int) -> tuple[Any, list[int] | None]:
         if m.attr("k_shape_end") is not None or start.size != 1 or end.size != 1 or not (
                 (start[0] == 0 or start[0] <= -r) and end[0] >= r):
             return MatchFailure("K's Reshape-Transpose-Reshape does not swap its last two dims"), None
+        ks = m.shape("k")
+        if (m.attr("k_az_flat") or m.attr("k_az_unflat")) and not (
+                ks and all(isinstance(d, int) and d > 0 for d in ks)):
+            return MatchFailure("K's Reshapes set allowzero and K may have an empty dim"), None
         return None, swap
     if layout == "given":
         return swap, None

@@ -60,6 +60,8 @@ class PatternPass(Pass):
     def run(self, ctx: PassContext) -> int:
         rules = self._rules()
         need = self.required_opset.get(self.form or "", 0)
+        if self.form == "plugin":  # plugin reference bodies are written for opset >= min_opset
+            need = max(need, _plugin_min_opset())
         if need > ctx.graph.opset() and self._any_match(ctx.graph, rules):
             old = ctx.graph.opset()
             ctx.graph = convert_opset(ctx.graph, need, f"{self.label}")
@@ -87,6 +89,12 @@ class PatternPass(Pass):
                             continue
                         return True
         return False
+
+
+def _plugin_min_opset() -> int:
+    from onnxpass.plugins.base import all_plugins
+
+    return max(s.min_opset for s in all_plugins())
 
 
 _PASSES: dict[str, type[Pass]] = {}
@@ -139,6 +147,9 @@ def parse_passes(spec: str | Sequence[str]) -> list[Pass]:
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     passes = registry()
     plines = pipelines()
+    if not items:  # an empty spec is a mistake, not a request to do nothing
+        raise UnknownPassError(f"names no pass; give passes or a pipeline "
+                               f"({', '.join(sorted(plines))}; onnxpass list shows all)")
     out: list[tuple[str, str | None]] = []
     for item in items:
         name, _, form = item.partition("=")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import onnx
 
-from onnxpass.graph import Graph, Node
+from onnxpass.graph import Graph, Node, node_metadata, restore_node_metadata
 from onnxpass.passes.base import Pass, PassContext, PatternPass, register
-from onnxpass.patterns import Attr, Const, Match, MatchFailure, Rule, Var
+from onnxpass.passes.fold_shapes import fold_with_graphsurgeon
+from onnxpass.patterns import IRRELEVANT, Attr, Const, Match, MatchFailure, Rule
 
 
 @register
@@ -41,20 +39,37 @@ def _identity_perm(perm: list[int]) -> bool:
 
 @register
 class NoOp(PatternPass):
+    """Removes nodes that return their input bit for bit, with its shape and type.
+
+    Constants: 1.0 (Mul, Div) and 0.0 (Add, Sub; either sign) are matched exactly (0 ULP) in the
+    constant's dtype, never within a tolerance (x * 1.00009 stays); the constant may not
+    broadcast x. x + 0.0 differs from x only in the sign of a zero (-0.0 + 0.0 is +0.0, which
+    compares equal): accepted, as exporters write 0 + x for x (dynamo's DETR queries).
+    Attributes checked: Cast/CastLike ``to`` (the dtype must not change, so ``saturate`` and
+    ``round_mode`` are irrelevant), Transpose ``perm`` (identity; absent means reversed),
+    Reshape ``allowzero`` (irrelevant: the output shape is proven equal to x's, all static),
+    Dropout ``seed``/``ratio`` (irrelevant: inference only, no ratio or training_mode input).
+    Identity, Mul, Div, Add and Sub have no attributes (from opset 7).
+    """
+
     name = "noop"
     summary = ("remove Identity, inference Dropout, same-type Cast/CastLike, identity "
-               "Transpose/Reshape, x*1, x+0")
+               "Transpose/Reshape, x*1, x/1, x+0, x-0")
 
     def rules(self) -> list[Rule]:
         same = lambda op, m: m["x"]  # noqa: E731
+        kept = {"to": IRRELEVANT, "saturate": IRRELEVANT, "round_mode": IRRELEVANT}
         return [
             Rule("identity", lambda op, x: op.Identity(x), same, _keeps_shape),
             Rule("dropout", lambda op, x: op.Dropout(x), same, _keeps_shape),
-            Rule("cast", lambda op, x: op.Cast(x), same, _keeps_shape),
-            Rule("castlike", lambda op, x, like: op.CastLike(x, like), same, _keeps_shape),
+            Rule("cast", lambda op, x: op.Cast(x, **kept), same, _keeps_shape),
+            Rule("castlike", lambda op, x, like: op.CastLike(x, like, saturate=IRRELEVANT,
+                                                             round_mode=IRRELEVANT),
+                 same, _keeps_shape),
             Rule("transpose", lambda op, x: op.Transpose(x, perm=Attr(_identity_perm)), same,
                  _keeps_shape),
-            Rule("reshape", lambda op, x: op.Reshape(x, Var("shape")), same, _keeps_shape),
+            Rule("reshape", lambda op, x, shape: op.Reshape(x, shape, allowzero=IRRELEVANT),
+                 same, _keeps_shape),
             Rule("mul-one", lambda op, x: op.Mul(x, Const(value=1.0)), same, _keeps_shape),
             Rule("div-one", lambda op, x: op.Div(x, Const(value=1.0)), same, _keeps_shape),
             Rule("add-zero", lambda op, x: op.Add(x, Const(value=0.0)), same, _keeps_shape),
@@ -62,12 +77,16 @@ class NoOp(PatternPass):
         ]
 
 
+# Dropout: random in training mode; two of them are two different masks.
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                     "Multinomial", "Bernoulli"}
+                     "Multinomial", "Bernoulli", "Dropout"}
 
 
 @register
 class CommonSubexpressions(Pass):
+    """Computes identical nodes once. Attributes checked: all of them, byte for byte, with the
+    domain, op type and inputs; random ops and Dropout (random in training mode) never merge."""
+
     name = "cse"
     summary = "compute identical nodes (same op, inputs and attributes) once"
 
@@ -98,17 +117,23 @@ def _has_subgraph(node: Node) -> bool:
 
 @register
 class FoldConstants(Pass):
+    """Folds computations on constants with onnx-graphsurgeon (ONNX Runtime evaluates them).
+
+    GraphSurgeon's own shape folding is off: onnx-graphsurgeon 0.6.1 folds Shape, and Gather or
+    Slice of a Shape, ignoring Shape's ``start``/``end`` (``Gather(Shape(x, start=1), 1)`` gives
+    dim 1, not dim 2), and its shape-cast elision rewrites Cast(int -> float) -> op -> Cast(int)
+    as the op on integers, casting its float constants to int (a Mul by 0.5 becomes a Mul by 0).
+    Shape values are folded by fold_shapes.py instead, and random ops never (a fixed sample).
+    """
+
     name = "fold"
-    summary = "fold computations on constants (polygraphy's constant folding on ONNX Runtime)"
+    summary = "fold computations on constants (onnx-graphsurgeon folding on ONNX Runtime)"
 
     def run(self, ctx: PassContext) -> int:
-        from polygraphy.backend.onnx import fold_constants
-        from polygraphy.logger import G_LOGGER
-
-        G_LOGGER.module_severity = G_LOGGER.ERROR
         g = ctx.graph
         before = len(g.live_nodes())
         model = g.to_model()
+        metadata = node_metadata(model)  # GraphSurgeon drops node metadata
         # Local functions (plugin reference bodies) do not survive GraphSurgeon's round trip:
         # fold without them and put them back. Plugin nodes are never constant-folded anyway.
         functions = [onnx.FunctionProto() for _ in model.functions]
@@ -116,21 +141,9 @@ class FoldConstants(Pass):
             copy.CopyFrom(f)
         opsets = {o.domain: o.version for o in model.opset_import}
         del model.functions[:]
-        external = any(t.data_location == onnx.TensorProto.EXTERNAL
-                       for t in model.graph.initializer)
-        cwd = os.getcwd()
         try:
-            with tempfile.TemporaryDirectory(prefix="onnxpass-fold-") as scratch:
-                # ONNX Runtime's symbolic shape inference (which lets folding see through dynamic
-                # shapes) writes temp files into the cwd: give it a scratch folder. External data
-                # is found relative to the cwd by polygraphy, so those models fold without it.
-                if not external:
-                    os.chdir(scratch)
-                # Tensors over 16 MiB would be materialized by folding: leave those as they are.
-                folded = fold_constants(model, size_threshold=16 << 20, error_ok=True,
-                                        allow_onnxruntime_shape_inference=not external)
+            folded = fold_with_graphsurgeon(model)
         finally:
-            os.chdir(cwd)
             model.functions.extend(functions)
         if folded is None:
             return 0
@@ -141,7 +154,6 @@ class FoldConstants(Pass):
             for domain, version in opsets.items():
                 if domain not in present:
                     folded.opset_import.add(domain=domain, version=version)
+        restore_node_metadata(folded, metadata)
         ctx.graph = Graph(folded, g.base_dir)
         return max(0, before - len(ctx.graph.live_nodes()))
-
-

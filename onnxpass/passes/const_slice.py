@@ -16,6 +16,12 @@ Matches
 Never fires when a constant input is a graph input (overridable), a perm is absent and x's rank
 unknown, the Reshape pair's result may differ from x's shape in any dim (a symbolic -1, a 0
 copying a changed dim), or the inner node's output feeds anything else.
+
+Attributes checked: a folded node is evaluated with all its attributes (Gather/Concat/Split
+``axis``, Split ``num_outputs``/``split``, Squeeze/Unsqueeze ``axes``, Transpose ``perm``,
+Reshape ``allowzero``, Slice's inputs); Transpose pairs: ``perm`` (bound and composed, absent
+means reversed); Reshape pairs: ``allowzero`` of both (bound, 0 entries resolved by it, the
+merged Reshape keeps the outer one's).
 """
 
 from __future__ import annotations
@@ -39,12 +45,12 @@ MAX_GROWTH_BYTES = 16 << 20
 
 
 def fold_pattern(op):  # type: ignore[no-untyped-def]
-    return Alt(*[getattr(op, name)(*[Const() for _ in range(k)])
+    return Alt(*[getattr(op, name)(*[Const() for _ in range(k)], _any_attrs=True)
                  for name, arities in FOLDABLE.items() for k in arities])
 
 
 def split_pattern(outputs: int):  # type: ignore[no-untyped-def]
-    return lambda op: op.Split(Const("data"), _outputs=outputs)
+    return lambda op: op.Split(Const("data"), _outputs=outputs, _any_attrs=True)
 
 
 def check_fold(m: Match) -> MatchFailure | None:

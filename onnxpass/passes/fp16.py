@@ -8,7 +8,9 @@ pinned, by default
 - Softmax and LogSoftmax (the sum of exponentials overflows float16);
 - an attention mask built from a constant beyond float16's range (float32's min): the elementwise
   chain from that constant to the scores it is added to. In float32, score + min saturates to min,
-  so a fully masked row stays uniform as in torch; float16's -65504 would not absorb the score;
+  so a fully masked row stays uniform as in torch; float16's -65504 would not absorb the score
+  (a fused ``Attention`` or attention/masked-softmax plugin node reading such a mask stays float32
+  whole: its Softmax is inside);
 - plugin nodes whose spec lacks float16 (or at opset < 15, where reference bodies are float32-only),
   and ops whose schema does not allow float16 (an input the
   schema fixes to float32, like Resize's scales, stays float32 on its own), unknown custom ops,
@@ -72,7 +74,12 @@ DEFAULT_KEEP_OPS = frozenset({"LayerNormalization", "GroupNormalization", "Insta
                               "RMSNormalization", "Softmax", "LogSoftmax"})
 BOUNDARY = {"onnxpass.fp16": "boundary"}
 _MASK_OPS = frozenset({"Add", "Sub", "Mul", "Where", "Min", "Max", "Neg", "Cast", "Expand",
-                       "Reshape", "Unsqueeze", "Squeeze", "Slice", "Concat", "Tile", "Transpose"})
+                       "Reshape", "Unsqueeze", "Squeeze", "Slice", "Concat", "Tile", "Transpose",
+                       # comparisons against the mask's constant (attention's std form guards
+                       # all-lowest rows with Equal): float16 would compare -inf to -65504
+                       "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "IsInf"})
+# Fused ops that add a mask to scores and take the softmax inside (ONNX Attention, plugins).
+_MASK_CONSUMERS = frozenset({"Attention", "AttentionPlugin", "MaskedSoftmaxPlugin"})
 _LAYERNORM = Rule("fp16-layernorm", layernorm_pattern, rewrite=lambda op, m: m["x"])
 
 
@@ -196,7 +203,7 @@ class Float16(Pass):
                     out = g.fresh_name(v)
                     _retype(g, out, want, like=v)
                     g.replace([], [], [Node("Cast", [v], [out], {"to": helper.make_attribute(
-                        "to", want)}, name=g.fresh_name("cast"), metadata=BOUNDARY)], [])
+                        "to", want)}, name=g.fresh_name(f"{v}/Cast"), metadata=BOUNDARY)], [])
                     casts[v, want] = out
             return casts[v, want]
 
@@ -216,7 +223,7 @@ class Float16(Pass):
                     if o in renamed:
                         _retype(g, renamed[o], H, like=o)
                         extra.append(Node("Cast", [renamed[o]], [o], {"to": helper.make_attribute(
-                            "to", F)}, name=g.fresh_name("cast"), metadata=BOUNDARY))
+                            "to", F)}, name=g.fresh_name(f"{o}/Cast"), metadata=BOUNDARY))
                     elif o in outs:
                         _retype(g, o, H)
             if ins == n.inputs and attrs == n.attrs and not extra and not outs:
@@ -244,6 +251,8 @@ class Float16(Pass):
             if n.op_type in _MASK_OPS and tainted.intersection(n.inputs):
                 pinned.add(id(n))
                 tainted.update(n.outputs)
+            elif n.op_type in _MASK_CONSUMERS and tainted.intersection(n.inputs):
+                pinned.add(id(n))  # the Softmax is inside: the whole op stays float32
         for n in nodes:  # a value a subgraph reads from outside stays float32
             for v in _subgraph_captures(n) if n.attrs else ():
                 if v in g.producer:

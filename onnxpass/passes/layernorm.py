@@ -23,6 +23,16 @@ Never fires when eps is not a constant scalar, the two reductions differ in axes
 drops dims (keepdims=0), gamma or beta vary along dims that are not normalized, a Cast inside
 lowers precision or does not return to x's type, or an intermediate value is used outside the
 match.
+
+Constants: the exponents 2 and 0.5 and the clamp's 0 exactly (0 ULP in their dtype: Pow 2.0001
+is not a square); eps is bound, not matched, and with every constant may not broadcast the
+chain to a bigger shape (an eps of shape [1,1,1,1] on a rank-3 x makes the original rank 4).
+Attributes checked: ReduceMean ``axes`` (bound, the same in both reductions; attribute or input)
+and ``keepdims`` (must be 1); ``noop_with_empty_axes`` is irrelevant only when axes are given
+and non-empty, so a ReduceMean without axes that sets it (an identity) refuses the match; Cast
+``to`` (bound and checked), ``saturate``/``round_mode`` (irrelevant: float targets only);
+Sub, Pow, Mul, Add, Max, Sqrt, Div, Reciprocal have none. Native rule: LayerNormalization
+``axis``, ``epsilon`` (bound), ``stash_type`` (must be 1).
 """
 
 from __future__ import annotations

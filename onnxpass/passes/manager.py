@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxpass.errors import PassError
 import onnx
 
+from onnxpass.errors import PassError
 from onnxpass.graph import Graph, save_model, skeleton
+from onnxpass.loadcheck import check_loadable, required_ir_version
 from onnxpass.passes.base import Pass, PassContext
 
 
@@ -79,11 +80,15 @@ class PassManager:
 
     def _after(self, graph: Graph, p: Pass) -> None:
         # One sync and one weight-free skeleton serve both the checker and shape inference.
-        skel, _ = skeleton(graph.to_model())
+        model = graph.to_model()
+        # The pass may have raised the opset or added local functions: say the IR that holds them.
+        model.ir_version = max(model.ir_version, required_ir_version(model))
+        skel, _ = skeleton(model)
         if self.check:
             try:
                 onnx.checker.check_model(skel)
             except Exception as e:
                 raise PassError(f"after pass {p.label}: invalid ONNX graph: "
                                 f"{str(e).strip().splitlines()[0]}") from None
+            check_loadable(skel, f"after pass {p.label}")
         graph.refresh_types(skel)

@@ -17,7 +17,11 @@ invert); without a plugin the ops above are already the plainest ONNX for it, so
 
 Never fires when the mask is float, the cumsum is exclusive or reversed or not to float32, the
 Slice does not take exactly the last element along the cumsum's axis, or offset, eps or scale is
-not a scalar constant.
+not a scalar constant (or broadcasts the positions to a bigger shape).
+
+Attributes checked: Cast ``to`` (float32), ``saturate``/``round_mode`` (irrelevant: a float32
+target); CumSum ``exclusive`` and ``reverse`` (0); Not, Slice (inputs: starts, ends, axes, steps
+checked), Sub, Add, Div, Mul have none.
 """
 
 from __future__ import annotations

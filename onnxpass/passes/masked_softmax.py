@@ -31,6 +31,12 @@ Forms:
 Never fires when the mask is a float tensor (an additive bias, not a mask), fill is not a scalar
 constant, the "1" or "0" is not exactly that, the Softmax is not over the last axis, the shapes
 are unknown, or a Reshape changes the last dim.
+
+Constants: "1" and "0" exactly (0 ULP); fill is bound; none may broadcast the scores to a
+bigger shape. Attributes checked: Softmax ``axis`` (bound, the last axis); Cast ``to`` (bound
+and re-emitted), ``saturate``/``round_mode`` (irrelevant unless the target is float8/float4,
+else the match is refused); Reshape ``allowzero`` (bound, re-emitted); Expand, Sub, Mul, Add,
+Where have none.
 """
 
 from __future__ import annotations

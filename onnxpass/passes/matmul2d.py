@@ -12,6 +12,9 @@ Never fires when W is not a constant or not 2-D (x @ activation, batched weights
 unknown or not 3 or 4 (a 2-D MatMul is a GEMM already), a static dim of x is 0, or x is not a
 float tensor. A bias that varies along other dims (an (S, N) positional term) stays an Add after
 the Gemm.
+
+Attributes checked: MatMul and Add have none (a Gemm's transA/transB/alpha/beta never occur
+in the match; the emitted Gemm uses the defaults, which compute x @ W + b).
 """
 
 from __future__ import annotations

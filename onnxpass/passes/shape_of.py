@@ -5,6 +5,9 @@ the scores feed a Shape node and no fusion can swallow them. The shape of a prod
 its operands' shapes when their ranks are equal and their batch dims are known equal (no
 broadcasting); the MatMul stays for its other users. Refused otherwise: a broadcasting batch dim
 would make Shape(a)[:-2] differ from the product's.
+
+Attributes checked: Shape ``start`` must be 0 and ``end`` absent (a Shape(s, start=1) is a
+slice of the shape, refused); MatMul has none.
 """
 from __future__ import annotations
 
@@ -37,5 +40,6 @@ class ShapeOf(PatternPass):
     summary = "Shape(MatMul(a, b)) -> Concat(Shape(a)[:-1], Shape(b)[-1:]) (frees the product)"
 
     def rules(self) -> list[Rule]:
+        # Shape's start and end (opset 15) are left unnamed: they must hold their defaults
         return [Rule("shape-of-matmul", lambda op, a, b: op.Shape(op.MatMul(a, b).shared()),
                      _rewrite, check=_check)]

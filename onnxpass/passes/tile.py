@@ -18,6 +18,11 @@ Matches
 Never fires when a tiled dim of x is not 1 (real tiling, not broadcasting), y lacks a tiled dim or
 has it at another or unknown size, the Tile adds dims the output would lose, both operands are
 the tiled value, or a fold would pass 16 MiB.
+
+Attributes checked: Tile and Expand have none; ConstantOfShape ``value`` (exactly 1); in the
+repeats, Shape ``start``/``end`` (defaults: the whole shape), Gather ``axis`` (0 or -1 of a 1-D
+shape: the same), Unsqueeze ``axes`` ([0] or [-1] of a scalar: the same), Concat ``axis`` (0 or
+-1 of 1-D parts); the binary op keeps all its attributes (Mod's ``fmod``), copied as they are.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from onnxpass.graph import Dim, Graph, Node
 from onnxpass.passes.base import PassContext, PatternPass, register
 from onnxpass.passes.const_slice import check_fold, emit_fold
 from onnxpass.passes.dims import same
-from onnxpass.patterns import Alt, Attr, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.patterns import (
+    IRRELEVANT, Alt, Attr, Const, Match, MatchFailure, RewriteBuilder, Rule, Var,
+)
 from onnxpass.patterns.ir import COMMUTATIVE
 
 MAX_RANK = 6
@@ -41,7 +48,7 @@ BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mod", "Equal",
 
 
 def fold_pattern(op):  # type: ignore[no-untyped-def]
-    return op.Tile(Const(), Const()) | op.Expand(Const(), Const())
+    return op.Tile(Const(), Const(), _any_attrs=True) | op.Expand(Const(), Const(), _any_attrs=True)
 
 
 def _is_one(value: Any) -> bool:
@@ -72,17 +79,31 @@ def check_noop(m: Match) -> MatchFailure | None:
     return MatchFailure(f"{m.tag('op')} by {by.tolist()} changes x's shape {xs}")
 
 
+def _first_axis(axis: Any) -> bool:
+    """axis 0 (or -1) of a 1-D value"""
+    return list(axis) in ([0], [-1]) if isinstance(axis, (list, tuple)) else axis in (0, -1)
+
+
 def broadcast_pattern(op, x, y):  # type: ignore[no-untyped-def]
     # Repeats or shape as a Concat of parts tell what inference cannot: TorchScript's (B, 1, 1)
     # is Concat(Unsqueeze(Gather(Shape(v), 0)), 1, 1), a dim of v and two constants.
-    def part(i):  # type: ignore[no-untyped-def]
-        return op.Unsqueeze(op.Gather(op.Shape(Var(f"src{i}")), Const(f"index{i}"))) | Var(f"by{i}")
+    first = Attr(_first_axis)
 
-    by = Alt(*[op.Concat(*[part(i) for i in range(k)]) for k in range(1, MAX_RANK + 1)],
-             Var("by"))
+    def part(i):  # type: ignore[no-untyped-def]
+        dims = op.Shape(Var(f"src{i}"))  # start and end unnamed: they must hold their defaults
+        return op.Unsqueeze(op.Gather(dims, Const(f"index{i}"), axis=first), axes=first) | Var(
+            f"by{i}")
+
+    by = Alt(*[op.Concat(*[part(i) for i in range(k)], axis=first)
+               for k in range(1, MAX_RANK + 1)], Var("by"))
     tiled = Alt(tile=op.Tile(x, by), expand=op.Expand(x, by), tag="op").shared()
-    return Alt(*[getattr(op, name)(tiled, y) for name in BROADCASTING],
-               *[getattr(op, name)(y, tiled) for name in BROADCASTING if name not in COMMUTATIVE])
+    kept = {"fmod": IRRELEVANT}  # the rewrite copies the op with its attributes
+
+    def binary(name, a, b):  # type: ignore[no-untyped-def]
+        return getattr(op, name)(a, b, **(kept if name == "Mod" else {}))
+
+    return Alt(*[binary(name, tiled, y) for name in BROADCASTING],
+               *[binary(name, y, tiled) for name in BROADCASTING if name not in COMMUTATIVE])
 
 
 def _tiled_value(m: Match) -> str:

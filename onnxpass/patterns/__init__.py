@@ -8,9 +8,9 @@
 See docs/writing-a-pass.md.
 """
 
-from onnxpass.patterns.ir import Alt, Attr, Const, PValue, Var
+from onnxpass.patterns.ir import IRRELEVANT, Alt, Attr, Const, PValue, Var
 from onnxpass.patterns.matcher import MatchFailure
 from onnxpass.patterns.rule import Attempt, Match, RewriteBuilder, Rule, apply_rules, explain
 
-__all__ = ["Alt", "Attempt", "Attr", "Const", "Match", "MatchFailure", "PValue", "RewriteBuilder",
-           "Rule", "Var", "apply_rules", "explain"]
+__all__ = ["IRRELEVANT", "Alt", "Attempt", "Attr", "Const", "Match", "MatchFailure", "PValue",
+           "RewriteBuilder", "Rule", "Var", "apply_rules", "explain"]

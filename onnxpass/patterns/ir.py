@@ -6,6 +6,7 @@ gives them meaning against a :class:`~onnxpass.graph.Graph`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,11 +59,17 @@ class Var(PValue):
 
 @dataclass(eq=False)
 class Const(PValue):
-    """A constant: bound by name to its numpy value, or matched against ``value``."""
+    """A constant: bound by name to its numpy value, or matched against ``value``.
+
+    ``value`` matches a constant whose every element, in the constant's own dtype, is ``value``
+    rounded to that dtype, or at most ``ulps`` units in the last place from it (``ulps=1`` for an
+    irrational value an exporter may have computed in that dtype). Integer constants must be
+    equal. Never a relative tolerance: 1.00009 is not 1.
+    """
 
     name: str | None = None
     value: Any = None
-    rtol: float = 1e-4
+    ulps: int = 0
     shape: Sequence[int | str] | None = None
 
     def __repr__(self) -> str:
@@ -71,29 +78,37 @@ class Const(PValue):
     def accepts(self, array: np.ndarray) -> bool:
         if self.value is None:
             return True
+        got = np.asarray(array)
         want = np.asarray(self.value, dtype=np.float64)
+        if got.size == 0 or (want.size != 1 and got.shape != want.shape):
+            return False
+        if got.dtype.kind in "iub":
+            return bool(np.all(got.astype(np.float64) == want))
         try:
-            got = np.asarray(array, dtype=np.float64)
+            rounded = np.broadcast_to(want.astype(got.dtype), got.shape)
         except (TypeError, ValueError):
             return False
-        if got.size == 0 or (want.size == 1 and got.size != 1 and not np.all(got == got.flat[0])):
-            return False
-        if want.size == 1:
-            got = got.reshape(-1)[:1]
-        elif got.shape != want.shape:
-            return False
-        # A float16/bfloat16 constant is only as close to the value as its type allows.
-        rtol = max(self.rtol, _epsilon(np.asarray(array).dtype))
-        return bool(np.allclose(got, want, rtol=rtol, atol=0.0))
+        return max_ulps(got, rounded) <= self.ulps
 
 
-def _epsilon(dtype: np.dtype) -> float:
-    try:
-        import ml_dtypes  # onnx's own dependency; its finfo knows bfloat16 too
+def max_ulps(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest distance in units in the last place between same-dtype float arrays (inf if
+    any element is NaN); -0.0 and 0.0 are 0 apart."""
+    if a.dtype != b.dtype or a.dtype.itemsize not in _INT_OF_SIZE:
+        return math.inf
+    if np.any(np.isnan(a.astype(np.float64))) or np.any(np.isnan(b.astype(np.float64))):
+        return math.inf
+    ints = _INT_OF_SIZE[a.dtype.itemsize]
+    low = int(np.iinfo(ints).min)
 
-        return float(ml_dtypes.finfo(dtype).eps)
-    except (ImportError, TypeError, ValueError):
-        return 0.0
+    def ordinal(x: np.ndarray) -> list[int]:  # sign-magnitude bits -> a monotone integer
+        return [v if v >= 0 else low - v for v in np.ascontiguousarray(x).view(ints).reshape(-1)
+                .tolist()]
+
+    return float(max((abs(p - q) for p, q in zip(ordinal(a), ordinal(b))), default=0))
+
+
+_INT_OF_SIZE = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 
 @dataclass(eq=False)
@@ -106,6 +121,7 @@ class PNode:
     domain: str = ""
     num_outputs: int = 1
     outs: list[Out] = field(default_factory=list)
+    any_attrs: bool = False  # the rewrite keeps the node's attributes (copies or evaluates it)
 
     def __repr__(self) -> str:
         return self.op_type
@@ -165,6 +181,16 @@ class Attr:
     name: str | None = None
 
 
+class _Irrelevant:
+    def __repr__(self) -> str:
+        return "IRRELEVANT"
+
+
+# An attribute whose value the pass's check proves does not change the result (a same-type
+# Cast's ``saturate``): matched whatever it holds, and the docstring says why.
+IRRELEVANT: Any = _Irrelevant()
+
+
 def _as_pvalue(x: Any) -> PValue:
     if isinstance(x, PValue):
         return x
@@ -183,15 +209,20 @@ class OpBuilder:
     """The ``op`` a pattern function receives: ``op.ReduceMean(x, keepdims=1)`` builds a PNode.
 
     Keywords are attributes (a literal to match, a :class:`Var` to bind, an :class:`Attr`
-    predicate); ``_domain`` and ``_outputs`` choose the domain and number of outputs.
+    predicate, :data:`IRRELEVANT` for one the check proves does not matter); ``_domain`` and
+    ``_outputs`` choose the domain and number of outputs. Every other attribute the graph node
+    sets must hold the op's default (see matcher.py); ``_any_attrs=True`` waives that for a node
+    the rewrite reproduces with its attributes (folding it, copying it).
     """
 
     def __getattr__(self, op_type: str) -> Callable[..., Any]:
         if op_type.startswith("_"):
             raise AttributeError(op_type)
 
-        def make(*inputs: Any, _domain: str = "", _outputs: int = 1, **attrs: Any) -> Any:
-            node = PNode(op_type, [_as_pvalue(i) for i in inputs], attrs, _domain, _outputs)
+        def make(*inputs: Any, _domain: str = "", _outputs: int = 1, _any_attrs: bool = False,
+                 **attrs: Any) -> Any:
+            node = PNode(op_type, [_as_pvalue(i) for i in inputs], attrs, _domain, _outputs,
+                         any_attrs=_any_attrs)
             node.outs = [Out(node, k) for k in range(_outputs)]
             return node.outs[0] if _outputs == 1 else tuple(node.outs)
 

@@ -4,19 +4,28 @@ Matching starts at one graph value (the anchor) and walks producers. Every choic
 order of a commutative op, an alternative, an optional node, a chain length) is a generator branch,
 so alternatives cost only what they try and no rule is ever cloned. A :class:`Tracer` keeps the
 deepest point each attempt reached, which is what ``--explain`` prints.
+
+Exact semantics, for every pattern alike:
+- an attribute the graph node sets (or an attribute in input form, ReduceMean's axes at opset 18)
+  that the pattern does not name must hold the op's default at the model's opset, or be one
+  :data:`IRRELEVANT_WHEN` proves does not change the result here; else the node does not match;
+- a :class:`Const` operand of an elementwise op may not broadcast the op's output beyond the
+  other operands' shape (an eps stored as [1,1,1,1] in a rank-3 chain): the fused op would
+  return the smaller shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 
-from onnxpass.graph import NOT_CONSTANT, Graph, Node
+from onnxpass.graph import ATTR_INPUTS, NOT_CONSTANT, Graph, Node
 from onnxpass.patterns.ir import (
-    COMMUTATIVE, Alt, Attr, Const, Optional, Out, PNode, PValue, Repeat, Shared, Var,
+    COMMUTATIVE, IRRELEVANT, Alt, Attr, Const, Optional, Out, PNode, PValue, Repeat, Shared, Var,
 )
 
 
@@ -205,6 +214,10 @@ class Matcher:
                                    f"{b.attrs[name]!r}", node)
                     return
                 attrs[name] = val
+        loose = None if pn.any_attrs else unmatched_attribute(self.g, node, pn.attrs)
+        if loose:
+            self.t.fail(b, loose, node)
+            return
         inputs = node.data_inputs
         if len(inputs) < len(pn.inputs) or (len(inputs) > len(pn.inputs) and any(
                 inputs[len(pn.inputs):])):
@@ -216,12 +229,42 @@ class Matcher:
         if pn.op_type in COMMUTATIVE and len(pn.inputs) == 2:
             orders.append(pn.inputs[::-1])
         for pins in orders:
-            yield from self.match_all(list(zip(pins, inputs)), b)
+            widens: str | None = None
+            for b2 in self.match_all(list(zip(pins, inputs)), b):
+                if pn.op_type in ELEMENTWISE and widens is None:
+                    widens = self._widening_const(pins, inputs) or ""
+                if widens:
+                    self.t.fail(b2, widens, node)
+                    continue
+                yield b2
+
+    def _widening_const(self, pins: Sequence[PValue], inputs: Sequence[str]) -> str | None:
+        """Why a constant operand makes the op's output bigger than the other operands'
+        broadcast (or may: a shape unknown), or None."""
+        for k, (p, v) in enumerate(zip(pins, inputs)):
+            if not isinstance(p, Const):
+                continue
+            cshape = self.g.shape(v)
+            if cshape == ():
+                continue
+            others = [self.g.shape(u) for j, u in enumerate(inputs) if j != k and u]
+            if cshape is None or not others or any(s is None for s in others):
+                return f"constant {v!r} of shape {cshape} may broadcast operands of unknown shape"
+            rank = max(len(s) for s in others)  # type: ignore[arg-type]
+            if len(cshape) > rank:
+                return f"constant {v!r} of shape {list(cshape)} adds dims to rank-{rank} operands"
+            for i in range(1, len(cshape) + 1):
+                dims = [s[-i] for s in others if s is not None and len(s) >= i]
+                if cshape[-i] != 1 and cshape[-i] not in dims:
+                    return (f"constant {v!r} of shape {list(cshape)} may widen dim -{i} of "
+                            f"operands {others}")
+        return None
 
     def _repeat(self, p: Repeat, value: str, b: Bindings, count: int) -> Iterator[Bindings]:
         node = self.g.producer.get(value)
         if count < p.max_count and node is not None and node.op_type == p.node.op_type:
             attrs_ok = all(_match_attr(w, node.attr(k)) is not False for k, w in p.node.attrs.items())
+            attrs_ok = attrs_ok and not unmatched_attribute(self.g, node, p.node.attrs)
             if attrs_ok and node.data_inputs:
                 b2 = b.extend(order=(*b.order, node))
                 yield from self._repeat(p, node.data_inputs[0], b2, count + 1)
@@ -261,8 +304,72 @@ class Matcher:
         return b.extend(dims=dims)
 
 
+# Broadcasting elementwise ops: a constant operand must not widen their output.
+ELEMENTWISE = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Mod", "Where", "PRelu",
+    "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "BitShift",
+})
+_FLOAT8 = frozenset({TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2,
+                     TensorProto.FLOAT8E5M2FNUZ, TensorProto.FLOAT4E2M1, TensorProto.FLOAT8E8M0})
+_REDUCE = ATTR_INPUTS.keys() - {"Split", "Clip", "Squeeze", "Unsqueeze"}
+
+
+def _cast_target(g: Graph, node: Node) -> int | None:
+    return node.attr("to") if node.op_type == "Cast" else g.dtype(node.inputs[1])
+
+
+def _reduces_given_axes(g: Graph, node: Node) -> bool:
+    axes = node.attr("axes")
+    return axes is not NOT_CONSTANT and axes is not None and len(axes) > 0
+
+
+def _inference_dropout(g: Graph, node: Node) -> bool:
+    mode = g.const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else False
+    return mode is not None and not bool(np.any(mode))
+
+
+def _shape_without_zero(g: Graph, node: Node) -> bool:
+    shape = g.const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    return shape is not None and not bool(np.any(shape == 0))
+
+
+# (op, attribute) -> when the attribute provably does not change the result, whatever its value.
+IRRELEVANT_WHEN: dict[tuple[str, str], Callable[[Graph, Node], bool]] = {
+    # saturate and round_mode act only on a float8/float4 target (ONNX Cast-19, Cast-24)
+    **{(op, a): (lambda g, n: _cast_target(g, n) not in _FLOAT8)
+       for op in ("Cast", "CastLike") for a in ("saturate", "round_mode")},
+    # noop_with_empty_axes acts only when axes are empty or absent
+    **{(op, "noop_with_empty_axes"): _reduces_given_axes for op in _REDUCE},
+    # seed (opset 12+) and ratio (as an attribute, opset 7-11) act only in training mode
+    ("Dropout", "seed"): _inference_dropout,
+    ("Dropout", "ratio"): _inference_dropout,
+    # allowzero acts only on a 0 in the target shape
+    ("Reshape", "allowzero"): _shape_without_zero,
+}
+
+
+def unmatched_attribute(g: Graph, node: Node, named: dict[str, Any]) -> str | None:
+    """Why ``node`` sets an attribute the pattern (naming ``named``) does not account for: not
+    the op's default and not proven irrelevant. None when every attribute is accounted for."""
+    moved = ATTR_INPUTS.get(node.op_type, {}) if node.domain == "" else {}
+    present = set(node.attrs) | {k for k, i in moved.items() if len(node.inputs) > i
+                                 and node.inputs[i]}
+    for key in sorted(present - set(named)):
+        got = node.attr(key)
+        default = g.schema_default(node, key)
+        if default is not None and got is not NOT_CONSTANT and _same(default, got):
+            continue
+        when = IRRELEVANT_WHEN.get((node.op_type, key))
+        if when is not None and when(g, node):
+            continue
+        return f"{node.op_type}.{key} = {got!r} is neither the default {default!r} nor matched"
+    return None
+
+
 def _match_attr(want: Any, got: Any) -> bool | tuple[str, Any] | None:
     """False on mismatch; (name, value) to bind; None when it matches without binding."""
+    if want is IRRELEVANT:
+        return None
     if isinstance(want, Var):
         return (want.name, got)
     if isinstance(want, Attr):
@@ -292,8 +399,8 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return list(a) == list(b)
     if isinstance(a, float) or isinstance(b, float):
-        try:
-            return bool(np.isclose(float(a), float(b), rtol=1e-6))
+        try:  # attributes hold float32: compare there, exactly
+            return bool(np.float32(a) == np.float32(b))
         except (TypeError, ValueError):
             return False
     return bool(a == b)

@@ -82,8 +82,9 @@ class RewriteBuilder:
     """The ``op`` a rewrite receives: ``op.LayerNormalization(x, g, b, axis=-1)`` records a new
     node and returns its output name(s). Every node records the pass and rule that made it."""
 
-    def __init__(self, graph: Graph, provenance: dict[str, str]) -> None:
+    def __init__(self, graph: Graph, provenance: dict[str, str], near: Node | None = None) -> None:
         self.graph = graph
+        self.near = near  # the matched root: new node names derive from its name
         self.nodes: list[Node] = []
         self._provenance = provenance
         self._functions: list[Any] = []  # plugin functions, added to the model by commit()
@@ -99,14 +100,15 @@ class RewriteBuilder:
 
     def node(self, op_type: str, inputs: Sequence[str], attrs: dict[str, Any], *, domain: str = "",
              num_outputs: int = 1) -> Any:
-        outs = [self.graph.fresh_name(op_type.lower()) for _ in range(num_outputs)]
+        name = self.graph.fresh_node_name(self.near, op_type)
+        outs = [self.graph.fresh_name(f"{name}_output_{k}") for k in range(num_outputs)]
         protos = {k: v if hasattr(v, "SerializeToString") else helper.make_attribute(k, v)
                   for k, v in attrs.items() if v is not None}
         ins = [i or "" for i in inputs]
         while ins and not ins[-1]:  # trailing absent optional inputs are simply left out
             ins.pop()
         node = Node(op_type, ins, outs, protos, domain=domain,
-                    name=self.graph.fresh_name(op_type), metadata=dict(self._provenance))
+                    name=name, metadata=dict(self._provenance))
         self.nodes.append(node)
         return outs[0] if num_outputs == 1 else tuple(outs)
 
@@ -230,7 +232,8 @@ def _try_rule(graph: Graph, rule: Rule, node: Node, pass_name: str,
               on_rewrite: Callable[[Rule, Match], None] | None, queue: deque[Node],
               queued: set[int]) -> bool:
     for match in rule.matches_at(graph, node, Tracer()):
-        builder = RewriteBuilder(graph, {"onnxpass.pass": pass_name, "onnxpass.rule": rule.name})
+        builder = RewriteBuilder(graph, {"onnxpass.pass": pass_name, "onnxpass.rule": rule.name},
+                                 node)
         result = rule.rewrite(builder, match)
         if result is None:
             continue

@@ -4,7 +4,8 @@ q is (B, H, S, d), k is (B, Hkv, L, d) (not transposed), v is (B, Hkv, L, dv) wi
 y is (B, H, S, dv). ``mask`` is additive, of q's dtype and broadcastable to (B, H, S, L) (a
 padding or causal mask, a relative-position bias, or their sum; a scalar 0 when the model has
 none). The softmax runs in dtype ``softmax_precision`` (an ONNX TensorProto type, default
-FLOAT). A row whose scores are all -inf (fully masked) gives zeros, as ONNX Attention does.
+FLOAT). A row whose scores are all -inf (fully masked) gives zeros, as ONNX Attention does; one
+masked by a finite value (finfo.min) has equal scores and gives mean(v), as the model does.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxpass.errors import OnnxpassError
 from onnxpass.plugins.base import DOMAIN, all_plugins
 from onnxpass.verify import ErrorStats, error_stats, random_inputs, run, session
 
@@ -139,10 +140,14 @@ def check(model: onnx.ModelProto, original: onnx.ModelProto | None = None,
           rtol: float | None = None, atol: float | None = None) -> CheckReport:
     """``model`` in plugin form, plugin nodes on Triton, against ONNX Runtime on ``original``
     (default: ``model`` itself). Tolerance: 1e-5 relative (float32); pass rtol/atol for
-    float16 models."""
+    float16 models. Both models are in memory with their external data loaded (the CLI
+    checks their inputs agree and sets up ``device`` first)."""
     feeds = feeds if feeds is not None else random_inputs(original or model)
     want = run(original or model, feeds)
     got, ran, segments = run_plugin_form(model, feeds, device)
+    missing = [k for k in want if k not in got]
+    if missing:
+        raise OnnxpassError(f"the plugin model lacks outputs {missing} of the original")
     stats = [error_stats(k, want[k], got[k], rtol if rtol is not None else 1e-5,
                          atol if atol is not None else 1e-6) for k in want]
     return CheckReport(stats, ran, segments)

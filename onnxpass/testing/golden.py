@@ -11,6 +11,8 @@ A ``.golden`` file reads top to bottom::
     g (float[2,8] x) => (float[2,8] y) { ... }
 
 A negative case (a near-miss the pass must leave alone) ends in ``# expected: unchanged``.
+``pytest --update-goldens`` rewrites expected sections but never turns a negative case into a
+positive one or back: that change fails and is made by hand.
 The comparison is structural: value and node names are canonicalized (renamed in topological
 order), node metadata and inferred value_info are dropped, initializers compare by value. Then the
 input and the result run in ONNX Runtime on the same random inputs and must agree (a result with
@@ -28,6 +30,7 @@ from pathlib import Path
 import onnx
 
 from onnxpass.api import rewrite
+from onnxpass.loadcheck import check_loadable
 from onnxpass.verify import compare_models, random_inputs
 
 EXPECTED = "# expected:"
@@ -136,6 +139,10 @@ def check_golden(path: str | Path, update: bool = False) -> None:
     names = value_names(original)  # names from the input stay readable; new ones are canonical
     before, after = canonical_text(original, names), canonical_text(out, names)
     actual = None if after == before else after
+    if update and (case.expected is None) != (actual is None):
+        # A near-miss the pass now rewrites (or a rewrite that stopped) is a behaviour change to
+        # look at, never something to accept in bulk.
+        raise GoldenMismatch(_kind_changed(case, before, after, actual))
     if update:
         case.write(actual)
     elif case.expected is None and actual is not None:
@@ -149,6 +156,7 @@ def check_golden(path: str | Path, update: bool = False) -> None:
                              f"(pytest --update-goldens accepts it):\n"
                              f"{_diff(case.expected.strip(), after.strip(), 'expected', 'actual')}")
     onnx.checker.check_model(out)
+    check_loadable(out, str(case.path))  # what ONNX Runtime refuses and the checker lets by
     feeds = random_inputs(original, seed=0)
     if _has_bfloat16(out):
         from onnxpass.debug_precision import simulate_float16
@@ -159,6 +167,18 @@ def check_golden(path: str | Path, update: bool = False) -> None:
     if bad:
         raise GoldenMismatch(f"{case.path}: rewritten model computes something else:\n  "
                              + "\n  ".join(bad))
+
+
+def _kind_changed(case: GoldenCase, before: str, after: str, actual: str | None) -> str:
+    """Why --update-goldens refuses to turn a negative case positive, or the reverse."""
+    if case.expected is None:
+        return (f"{case.path}: a negative case ('{EXPECTED} {UNCHANGED}'), but {case.passes} "
+                f"now rewrites it; --update-goldens does not turn it into a positive case: fix "
+                f"the pass, or if the rewrite is right, replace the expected section by hand:\n"
+                f"{_diff(before, after, 'input', 'output')}")
+    return (f"{case.path}: a positive case, but {case.passes} now leaves the graph unchanged; "
+            f"--update-goldens does not turn it into a negative case: fix the pass (try "
+            f"onnxpass match --explain), or write '{EXPECTED} {UNCHANGED}' by hand")
 
 
 def _has_bfloat16(model: onnx.ModelProto) -> bool:

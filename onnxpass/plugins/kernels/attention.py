@@ -5,13 +5,21 @@ Hkv = H or 1 and ``mask`` additive, broadcastable to (B, H, S, L) (a scalar, a k
 (B, 1, 1, L), a causal (S, L), a bias (H, S, L), ...).
 
 ``attention_fwd``: one program computes BLOCK_M rows of one (b, h): it walks the keys in tiles
-of BLOCK_N with an online softmax (running max and sum in float32, exp2 with log2(e) folded
-into the scale), so the S x L scores never reach memory. q k^T and p v are tensor-core dots in
-the input dtype with float32 accumulation (``ieee`` dots for float32, not tf32). The mask is
-read through broadcast strides (0 where its dim is 1): once for a scalar, one vector per key
-tile for a key-padding mask, a tile otherwise. A row whose scores are all -inf (fully masked)
-keeps its running max at 0 instead of -inf, so its probabilities and sum are 0 and its output
-0, as the reference's.
+of BLOCK_N with an online softmax (running max and sum in float32), so the S x L scores never
+reach memory. q k^T and p v are tensor-core dots in the input dtype with float32 accumulation
+(``ieee`` dots for float32, not tf32). The mask is read through broadcast strides (0 where its
+dim is 1): once for a scalar, one vector per key tile for a key-padding mask, a tile otherwise.
+
+Masked rows, as the ONNX function and the original model compute them:
+- z = scale * q k^T + mask is formed in float32 in natural units and rounded there, as the
+  model's float32 Add rounds it; log2(e) is applied only to z - max (a score of finfo.min
+  times log2(e) would overflow to -inf). So a row masked by finfo.min everywhere has equal
+  scores, a uniform softmax and the output mean(v); one masked by -10000 gives softmax(z) with
+  z rounded at 10000's ulp, like the model's.
+- A row whose scores are all -inf (a fully masked -inf mask, Where(mask, scores, -inf)) keeps
+  its running max at 0 instead of -inf, so its probabilities and sum are 0 and its output 0:
+  the function's guard Where(IsNaN(p), 0, p) turns that row's NaN into 0.
+- A +inf or NaN score makes the row's sum NaN; its output is 0, as the guard gives.
 
 float16: p is rounded to float16 for the p v dot, as in the ONNX function (which casts p to
 q's dtype before its MatMul) and torch's flash kernels: an absolute error up to about
@@ -36,18 +44,19 @@ from onnx import TensorProto
 from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, jit, next_pow2, prod,
                                            np_dtype, register_kernel, static, tl)
 
-LOG2E = 1.4426950408889634
-
 
 def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, *, scale: float,
               softmax_precision: int) -> tuple[np.ndarray]:
     q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
-    s = scale * q64 @ np.swapaxes(k64, -1, -2) + mask.astype(np.float64)
-    m = s.max(axis=-1, keepdims=True)
-    m = np.where(np.isneginf(m), 0.0, m)  # a fully masked row: every p is 0
-    p = np.exp(s - m)
-    total = p.sum(axis=-1, keepdims=True)
-    p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf: a NaN row, made 0 below
+        s = scale * q64 @ np.swapaxes(k64, -1, -2) + mask.astype(np.float64)
+        # the model's float32 Add rounds z: at a mask of -10000 or finfo.min that decides p
+        s = s.astype(np.float32).astype(np.float64)
+        m = s.max(axis=-1, keepdims=True)
+        m = np.where(np.isneginf(m), 0.0, m)  # a fully masked row: every p is 0
+        p = np.exp(s - m)
+        total = p.sum(axis=-1, keepdims=True)
+        p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
     return ((p @ v64).astype(q.dtype),)
 
 
@@ -71,8 +80,9 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
     q = tl.load(q_base + rows[:, None] * D + dq[None, :],
                 mask=row_ok[:, None] & dq_ok[None, :], other=0.0)
     if MASK == 1:  # a scalar
-        bias = tl.load(m_ptr).to(tl.float32) * 1.4426950408889634
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        bias = tl.load(m_ptr).to(tl.float32)
+    ninf = float("-inf")
+    m_i = tl.full([BLOCK_M], ninf, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     for start in range(0, L, BLOCK_N):
@@ -80,21 +90,20 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
         n_ok = n < L
         k = tl.load(k_base + n[None, :] * D + dq[:, None],
                     mask=n_ok[None, :] & dq_ok[:, None], other=0.0)
+        # natural units: the mask is added as the model adds it (finfo.min stays finite);
+        # keys past L get -inf through the mask term, not a select on the whole tile
         s = tl.dot(q, k, input_precision=PRECISION) * SCALE
         if MASK == 1:
-            s += bias
+            s += tl.where(n_ok, bias, ninf)[None, :]
         elif MASK == 2:  # the same for every query row (a key-padding mask): one vector
-            s += tl.load(m_base + n * MASK_L, mask=n_ok, other=0.0
-                         ).to(tl.float32)[None, :] * 1.4426950408889634
+            s += tl.load(m_base + n * MASK_L, mask=n_ok, other=ninf).to(tl.float32)[None, :]
         else:
             s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
-                         mask=row_ok[:, None] & n_ok[None, :], other=0.0
-                         ).to(tl.float32) * 1.4426950408889634
-        s = tl.where(n_ok[None, :], s, float("-inf"))
+                         mask=row_ok[:, None] & n_ok[None, :], other=ninf).to(tl.float32)
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_safe)
-        p = tl.math.exp2(s - m_safe[:, None])
+        m_safe = tl.where(m_new == ninf, 0.0, m_new)
+        alpha = tl.math.exp2((m_i - m_safe) * 1.4426950408889634)
+        p = tl.math.exp2((s - m_safe[:, None]) * 1.4426950408889634)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + n[:, None] * DV + dv[None, :],
                     mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
@@ -104,7 +113,8 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
             acc = tl.dot((p - p_hi.to(tl.float32)).to(v.dtype), v, acc)
         acc = tl.dot(p_hi, v, acc, input_precision=PRECISION)
         m_i = m_new
-    y = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    # l_i = 0: all scores -inf (acc is 0); l_i NaN: a +inf or NaN score: 0, as the guard gives
+    y = tl.where((l_i == l_i)[:, None], acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None], 0.0)
     tl.store(y_ptr + bh.to(tl.int64) * S * DV + rows[:, None] * DV + dv[None, :],
              y.to(y_ptr.dtype.element_ty), mask=row_ok[:, None] & dv_ok[None, :])
 
@@ -136,7 +146,7 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     return Launch(
         attention_fwd, grid=(cdiv(S, bm), prod([B, H])),
         args=(H, S, L, strides[0], strides[1], strides[2]),
-        constexprs={"SCALE": float(attrs["scale"]) * LOG2E, "D": d, "DV": dv,
+        constexprs={"SCALE": float(attrs["scale"]), "D": d, "DV": dv,
                     "BLOCK_D": max(16, next_pow2(d)), "BLOCK_DV": max(16, next_pow2(dv)),
                     "BLOCK_M": bm, "BLOCK_N": bn, "KV_SHARED": shared,
                     "MASK": mask_kind, "MASK_L": 0 if static(m4[3]) == 1 else 1,

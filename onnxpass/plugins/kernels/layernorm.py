@@ -3,7 +3,9 @@
 x is viewed as [rows, cols] with cols = prod(x.shape[axis:]); gamma and beta hold cols values.
 Statistics are computed in float32 whatever the input dtype (float32, float16, bfloat16):
 the mean first, then the variance as the mean of squared deviations (no E[x^2] - E[x]^2
-cancellation).
+cancellation). The mean is x0 + mean(x - x0), x0 the row's first value, so a constant row has
+deviations of exactly 0 and gives beta, as the reference does (a float32 mean of 37 copies of
+0.1 is not 0.1, and the difference would come out multiplied by 1/sqrt(epsilon)).
 
 - ``layernorm_rows`` (cols known when compiled, up to 16384): a program normalizes ROWS whole
   rows held in registers, so x is read once and y written once.
@@ -41,9 +43,12 @@ def layernorm_rows(x_ptr, gamma_ptr, beta_ptr, n_rows, n_cols, y_ptr,
     col_ok = cols < n_cols
     mask = (rows < n_rows)[:, None] & col_ok[None, :]
     offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+    # shifted by the row's first value x0: a constant row's mean is exactly x0
+    x0 = tl.load(x_ptr + rows.to(tl.int64) * n_cols, mask=rows < n_rows, other=0.0
+                 ).to(tl.float32)[:, None]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=1) / n_cols
-    d = tl.where(mask, x - mean[:, None], 0.0)
+    mean = x0 + tl.sum(tl.where(mask, x - x0, 0.0), axis=1, keep_dims=True) / n_cols
+    d = tl.where(mask, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / n_cols + EPS)
     g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
     b = tl.load(beta_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
@@ -56,11 +61,13 @@ def layernorm_looped(x_ptr, gamma_ptr, beta_ptr, n_rows, n_cols, y_ptr,
                      EPS: tl.constexpr, BLOCK_N: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) * n_cols
     cols = tl.arange(0, BLOCK_N)
+    x0 = tl.load(x_ptr + row).to(tl.float32)  # shift: a constant row's mean is exactly x0
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, n_cols, BLOCK_N):
         m = start + cols < n_cols
-        acc += tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
-    mean = tl.sum(acc, axis=0) / n_cols
+        x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
+        acc += tl.where(m, x - x0, 0.0)
+    mean = x0 + tl.sum(acc, axis=0) / n_cols
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for start in range(0, n_cols, BLOCK_N):
         m = start + cols < n_cols
