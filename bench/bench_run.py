@@ -1,4 +1,5 @@
-"""Benchmark: ``onnxpass run --passes layernorm,gelu`` on CLIP ViT-B/32 (vision) vs onnx.load + save.
+"""Benchmark: ``onnxpass run --passes layernorm,gelu`` on CLIP ViT-B/32 (vision) vs onnx.load +
+save.
 
 Target (from the issue): the passes add at most 25% to plain ``onnx.load`` + ``onnx.save`` of the
 same ~330 MB model.
@@ -12,8 +13,8 @@ for writing back the previous run's output); the table shows the median, the min
 process CPU time. Each timed run writes a new output file (the old one is deleted untimed), as a
 run to a fresh path does: on ext4, replacing an existing 333 MB file by rename (onnxpass's atomic
 save) costs noticeably more than truncating it in place (onnx.save), a file-system cost of
-re-runs that ``--overwrite`` measures. The onnxpass variants call ``onnxpass.cli.main`` (the whole ``run`` command:
-load, checker, passes, shape inference, save), exactly what a user gets.
+re-runs that ``--overwrite`` measures. The onnxpass variants call ``onnxpass.cli.main`` (the
+whole ``run`` command: load, checker, passes, shape inference, save), exactly what a user gets.
 
 Note: the default CLIP config uses ``quick_gelu`` (x * sigmoid(1.702 x)), which the gelu pass
 deliberately leaves alone; so only the 26 LayerNorms fuse and gelu=std raises no opset.
@@ -32,8 +33,8 @@ On a shared 2-core machine the disk's write-back of 333 MB makes any single save
 from __future__ import annotations
 
 import argparse
-import cProfile
 import contextlib
+import cProfile
 import gc
 import io
 import json
@@ -114,7 +115,7 @@ def fused_counts(path: Path) -> dict[str, int]:
     import onnx
 
     m = onnx.load(str(path), load_external_data=False)
-    counts = {op: 0 for op in FUSED_OPS}
+    counts = dict.fromkeys(FUSED_OPS, 0)
     for n in m.graph.node:
         if n.op_type in counts:
             counts[n.op_type] += 1

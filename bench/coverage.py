@@ -26,11 +26,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import onnx  # noqa: E402
+import onnx
 
-from onnxpass.api import rewrite  # noqa: E402
-from tests import models, models_anchordetr, models_attention, models_mstpp  # noqa: E402
-from tests.models import Built  # noqa: E402
+from onnxpass.api import rewrite
+from tests import models, models_anchordetr, models_attention, models_mstpp
+from tests.models import Built
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ NOTES = [
     "## Where present and fused differ", "",
     "- **anchordetr, attention**: the torch count is every softmax. Row-column decoupled attention"
     " (RCDA) runs two per layer: the column weights times V is an attention and is fused; the row"
-    " weights then contract a different axis of that result (a batched vector-matrix product), which"
+    " weights then contract a different axis of that result (a batched vector-matrix product),"
+    " which"
     " no attention op expresses. 3 of 5 are attentions, and all 3 are fused; the masked row"
     " softmaxes are fused by `masked_softmax` (tests/test_anchordetr.py checks both pipelines).",
     "- **more**: the dynamo exporter's decomposition of scaled_dot_product_attention builds an"
@@ -109,20 +110,22 @@ def coverage(names: list[str], exporters: list[str], work: Path) -> list[str]:
             t0 = time.perf_counter()
             try:
                 _export(name, BUILDERS[name](), exporter, path)
-            except Exception as e:  # noqa: BLE001  (reported in the table)
+            except Exception as e:
                 lines += [f"## {name}, {exporter}", "", f"export failed: {type(e).__name__}", ""]
                 continue
             base, _ = rewrite(onnx.load(str(path)), PRELUDE)
             lines += [f"## {name}, {exporter}", "",
-                      "| pass | present | fused | rewrites | ok |", "| --- | ---: | ---: | ---: | --- |"]
+                      "| pass | present | fused | rewrites | ok |",
+                      "| --- | ---: | ---: | ---: | --- |"]
             for t in TARGETS:
                 work_model = onnx.ModelProto()
                 work_model.CopyFrom(base)
                 try:
                     out, result = rewrite(work_model, t.spec)
-                except Exception as e:  # noqa: BLE001
-                    lines.append(f"| {t.spec} | {present[t.spec] if present[t.spec] is not None else '-'} "
-                                 f"| error | - | {type(e).__name__}: {str(e).splitlines()[0][:80]} |")
+                except Exception as e:
+                    shown = present[t.spec] if present[t.spec] is not None else "-"
+                    why = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                    lines.append(f"| {t.spec} | {shown} | error | - | {why} |")
                     continue
                 rewrites = sum(s.matches for s in result.stats)
                 fused = _count(out, t.ops) if t.ops else None

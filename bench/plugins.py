@@ -22,17 +22,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from onnxpass.plugins import get_plugin  # noqa: E402
-from onnxpass.plugins.kernels import aot_kernel, get_kernel  # noqa: E402
-from onnxpass.plugins.kernels import gelu as gelu_kernels  # noqa: E402
-from onnxpass.plugins.kernels import add_bias_transpose as abt_kernels  # noqa: E402
-from onnxpass.plugins.kernels import layernorm as ln_kernels  # noqa: E402
-from onnxpass.plugins.kernels import masked_softmax as ms_kernels  # noqa: E402
-from onnxpass.plugins.kernels.base import _driver_ptx_version, launch, np_dtype  # noqa: E402
-from onnxpass.plugins.kernels.check import TOLERANCES, sym, tolerance, value  # noqa: E402
-from onnxpass.verify import error_stats  # noqa: E402
+from onnxpass.plugins import get_plugin
+from onnxpass.plugins.kernels import (
+    add_bias_transpose as abt_kernels,
+    aot_kernel,
+    gelu as gelu_kernels,
+    get_kernel,
+    layernorm as ln_kernels,
+    masked_softmax as ms_kernels,
+)
+from onnxpass.plugins.kernels.base import _driver_ptx_version, launch, np_dtype
+from onnxpass.plugins.kernels.check import TOLERANCES, sym, tolerance, value
+from onnxpass.verify import error_stats
 
 DTYPES = ["float32", "float16", "bfloat16"]
 # (plugin, model and shape, x shape, attrs); LayerNorm over the last dim
@@ -196,9 +199,8 @@ def bench(fn: Any) -> float:
 
 
 def torch_op(plugin: str, ins: list[Any], attrs: dict[str, Any]) -> Any:
-    import torch.nn.functional as F
-
     import torch
+    import torch.nn.functional as F
 
     if plugin == "LayerNormPlugin":
         x, g, b = ins
@@ -322,7 +324,6 @@ def launch_manifest(path: Path) -> list[dict[str, Any]]:
 
 def sweeps() -> list[dict[str, Any]]:
     """float16 launch configurations around the defaults."""
-    import torch
 
     out = []
     for plugin, label, x, attrs in CASES:
@@ -463,7 +464,7 @@ def attention_bench(sweep: bool) -> list[dict[str, Any]]:
                                        *tolerance(get_kernel("AttentionPlugin"), dtype)
                                        ).__dict__
                 am = None if mask is None else ins[3]
-                sdpa = lambda: F.scaled_dot_product_attention(  # noqa: E731
+                sdpa = lambda: F.scaled_dot_product_attention(
                     ins[0], ins[1], ins[2], attn_mask=am, scale=attrs["scale"])
                 r["torch_ms"] = bench(sdpa)
                 r["jit_ms"] = bench(lambda: launch(plan, ins, [y]))

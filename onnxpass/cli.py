@@ -13,17 +13,18 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from onnxpass.errors import ModelLoadError, OnnxpassError
-from onnxpass.graph import Graph, check_model, load_model, save_model
+from onnxpass.graph import Graph, check_model, load_model
 from onnxpass.verify import VERIFY_TOLERANCES
 
 if TYPE_CHECKING:
     from onnxpass.passes.base import Pass
+    from onnxpass.passes.manager import Pipeline
 
 EXIT_USER_ERROR = 2
 EXIT_VERIFY_FAILED = 1
@@ -46,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="onnxpass", description=__doc__.splitlines()[0])
+    summary = (__doc__ or "onnxpass").splitlines()[0]
+    p = argparse.ArgumentParser(prog="onnxpass", description=summary)
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="rewrite a model with a pipeline of passes")
@@ -69,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="--verify's absolute tolerance (default: "
                         f"{_sci(VERIFY_TOLERANCES['float32'][1] or 0)} for float32; for float16 "
                         "and bfloat16, rtol times the output's max |value|)")
-    r.add_argument("--fp16-pins", metavar="FILE",
-                   help="pin list for the fp16 pass (as onnxpass debug precision writes it)")
+    r.add_argument("--pins", "--fp16-pins", dest="pins", metavar="FILE",
+                   help="pin list for the fp16 or bf16 pass (as onnxpass debug precision writes "
+                        "it; --fp16-pins is an alias)")
     r.add_argument("--dump-dir", help="write the graph after each pass that changed it")
     r.add_argument("--no-check", action="store_true",
                    help="skip onnx.checker after each pass (shape inference still runs)")
@@ -234,6 +237,17 @@ def _parse_passes(spec: str) -> list[Pass]:
         raise type(e)(f"--passes {spec!r}: {e}") from None
 
 
+def _pipeline(spec: str, pins: str | None, **kw: Any) -> Pipeline:
+    """The pipeline of ``--passes`` (named in its errors), ``--pins`` given to it."""
+    from onnxpass.errors import UnknownPassError
+    from onnxpass.passes.manager import Pipeline
+
+    try:
+        return Pipeline(spec, {"pins": pins} if pins else None, **kw)
+    except UnknownPassError as e:
+        raise type(e)(f"--passes {spec!r}: {e}") from None
+
+
 def _feeds(model: onnx.ModelProto, inputs: str | None, seed: int, dims: dict[str, int]
            ) -> dict[str, np.ndarray]:
     """Inputs from ``--inputs`` (checked against the model) or random ones; ``--dim`` names
@@ -327,14 +341,13 @@ def _default_output(model: Path) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from onnxpass.passes.fp16 import apply_pins
-    from onnxpass.passes.manager import PassManager
-
     src = Path(args.model)
     out = Path(args.output) if args.output else _default_output(src)
     _check_writable(out, src)
-    passes = _parse_passes(args.passes)  # fail on unknown names before reading anything big
-    apply_pins(passes, args.fp16_pins, "--fp16-pins")
+    progress = None if args.quiet or args.json else (lambda msg: print(msg, file=sys.stderr))
+    # unknown names and an unreadable pin list fail before anything big is read
+    pipeline = _pipeline(args.passes, args.pins, check=not args.no_check, dump_dir=args.dump_dir,
+                         progress=progress)
     dims = _parse_dims(args.dim)
     _check_dump_dir(args.dump_dir)
     if args.inputs and not args.verify:
@@ -349,13 +362,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from onnxpass.verify import check_dims
 
         check_dims(graph.model, dims)
-    progress = None if args.quiet or args.json else (lambda msg: print(msg, file=sys.stderr))
     with _stdout_to_stderr():
-        result = PassManager(passes, check=not args.no_check, dump_dir=args.dump_dir,
-                             progress=progress).run(graph)
-    model = result.graph.to_model()
+        result = pipeline.run(graph)
     t1 = time.perf_counter()
-    save_model(model, out, graph.base_dir)
+    result.save(out)
     save_s = time.perf_counter() - t1
     verify_lines: list[str] = []
     verify_failed: str | None = None
@@ -363,7 +373,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with _stdout_to_stderr():
             verify_lines, verify_failed = _verify(src, out, feeds, args)
     summary = {
-        "input": str(src), "output": str(out), "rounds": result.rounds, "notes": result.notes,
+        "input": str(src), "output": str(out), "rounds": result.rounds,
+        "converged": result.converged, "notes": result.notes,
         "passes": [s.__dict__ for s in result.stats],
         "load_seconds": load_s, "save_seconds": save_s, "verify": verify_lines,
     }
@@ -477,7 +488,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     width = max(len(n) for n in passes)
     for name, cls in sorted(passes.items()):
-        forms = f"  [forms: {', '.join(f + ('*' if f == cls.default_form else '') for f in cls.forms)}]" \
+        marked = (f + ("*" if f == cls.default_form else "") for f in cls.forms)
+        forms = f"  [forms: {', '.join(marked)}]" \
             if cls.forms else ""
         print(f"{name.ljust(width)}  {cls.summary}{forms}")
     print()
@@ -495,7 +507,10 @@ def cmd_match(args: argparse.Namespace) -> int:
     for e in report:
         head = f"{e['pass']}/{e['rule']} at {e['op']} {e['node']!r}:"
         if e["matched"]:
-            print(f"{head} matched ({e['ops_matched']} ops)")
+            need, have = e["opset"], e["model_opset"]
+            raise_to = (f"; raises the opset to {need}" if isinstance(need, int)
+                        and isinstance(have, int) and need > have else "")
+            print(f"{head} matched ({e['ops_matched']} ops){raise_to}")
         else:
             at = f" at {e['stopped_at']!r}" if e["stopped_at"] else ""
             print(f"{head} stopped after {e['ops_matched']}/{e['pattern_ops']} ops{at}: "
@@ -508,22 +523,23 @@ def cmd_match(args: argparse.Namespace) -> int:
 def _match_report(args: argparse.Namespace) -> list[dict[str, object]]:
     """Where the passes match (and with --explain, where and why they stop)."""
     from onnxpass.passes.base import PatternPass
-    from onnxpass.patterns.rule import explain
 
     passes = _parse_passes(args.passes)
     graph = _load(args.model)
+    graph.remove_dead()  # what `run` sees: the runner drops dead code before the first round
     graph.refresh_types()
     report: list[dict[str, object]] = []
     for p in passes:
         if not isinstance(p, PatternPass):
             continue
-        for a in explain(graph, p.rules()):
+        for a in p.explain(graph):  # the opset decision `run` makes, and its refusals
             if not args.explain and not a.matched:
                 continue
             where = a.node.name or a.node.outputs[0]
             report.append({"pass": p.label, "rule": a.rule, "node": where,
+                           "model_opset": graph.opset(),
                            "op": a.node.op_type, "matched": a.matched, "ops_matched": a.depth,
-                           "pattern_ops": a.size, "reason": a.reason,
+                           "pattern_ops": a.size, "reason": a.reason, "opset": a.opset,
                            "stopped_at": (a.at.name or a.at.outputs[0]) if a.at is not None
                            else None})
     return report
@@ -613,8 +629,8 @@ def cmd_debug(args: argparse.Namespace) -> int:
         print("; ".join(f"{k}: max error {v:.3g} of max |ref|" for k, v in r.worst.items()))
         print(f"wrote {out}" + ("" if r.ok else " (tolerance not reached even all float32)"))
         if r.ok:
-            print(f"use it: onnxpass build {src} --precision {args.dtype} --fp16-pins {out}  (or "
-                  f"onnxpass run {src} --passes {args.dtype} --fp16-pins {out})")
+            print(f"use it: onnxpass build {src} --precision {args.dtype} --pins {out}  (or "
+                  f"onnxpass run {src} --passes {args.dtype} --pins {out})")
     return 0 if r.ok else EXIT_VERIFY_FAILED
 
 

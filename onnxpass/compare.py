@@ -3,9 +3,9 @@
 An .onnx runs in ONNX Runtime (the graph as written, see :func:`onnxpass.verify.session`), an
 engine (.plan, .engine, .trt) in TensorRT (:class:`onnxpass.trt_build.engine.Engine`), both on the
 same feeds: random with a seed, an ``.npz``, or a folder of images
-(:func:`onnxpass.images.load_image_folder`). Per output: :func:`onnxpass.verify.error_stats`, and for
-classifier-like outputs (2-D float, ``[N, C]`` with C >= 2) top-1 agreement (same argmax) and top-5
-agreement (A's top-1 class is among B's top 5; when C >= 5).
+(:func:`onnxpass.images.load_image_folder`). Per output: :func:`onnxpass.verify.error_stats`,
+and for classifier-like outputs (2-D float, ``[N, C]`` with C >= 2) top-1 agreement (same
+argmax) and top-5 agreement (A's top-1 class is among B's top 5; when C >= 5).
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ import onnx
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import load_model
 from onnxpass.images import feeds_from
-from onnxpass.verify import (ErrorStats, check_dims, check_feeds, check_same_inputs,
-                             error_stats, load_inputs, run)
+from onnxpass.tensorrt_available import tensorrt_missing
+from onnxpass.verify import (
+    ErrorStats,
+    check_dims,
+    check_feeds,
+    check_same_inputs,
+    error_stats,
+    load_inputs,
+    run,
+)
 
 Feeds = dict[str, np.ndarray]
 
@@ -64,11 +72,7 @@ def runner(path: str | os.PathLike[str]) -> Callable[[Feeds], Feeds]:
     """``feeds -> outputs`` for an .onnx (ONNX Runtime) or an engine (TensorRT)."""
     if not is_engine(path):
         return lambda feeds: run(str(path), feeds)
-    try:
-        import tensorrt
-    except ImportError:
-        tensorrt = None
-    if getattr(tensorrt, "__version__", None) is None:  # absent, or only type stubs
+    if tensorrt_missing() is not None:
         raise OnnxpassError(TENSORRT_MISSING.format(path=path))
     from onnxpass.trt_build.engine import Engine
 

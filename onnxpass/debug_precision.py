@@ -1,13 +1,15 @@
 """``onnxpass debug precision MODEL --tol T``: which nodes must stay float32.
 
-The float16 model (the ``fp16`` pass, form ``mixed`` or ``all``) runs against the float32 model on the same feeds; an output is within T when every element satisfies
+The float16 model (the ``fp16`` pass, form ``mixed`` or ``all``) runs against the float32 model on
+the same feeds; an output is within T when every element satisfies
 ``|h - f| <= T * |f| + T * max|f|`` (:func:`onnxpass.verify.scaled_stats`: atol at the output's
 scale, the max over finite elements; NaNs must sit where the float32 model has them).
 
 Search: while the model fails, binary-search the shortest prefix (in topological order) of the
 nodes not yet pinned whose pinning makes it pass; the prefix's last node is needed, so pin it and
 go on. Each pin costs about log2(n) runs. The result is a pin list the fp16 pass reads
-(``Float16(pins=PATH)`` or ``ONNXPASS_FP16_PINS``): one ``node:NAME`` a line.
+(``--pins PATH``, ``fp16:pins=PATH``, ``Float16(pins=PATH)`` or ``ONNXPASS_FP16_PINS``): one
+``node:NAME`` a line.
 
 ``dtype="bf16"`` (``--dtype bf16``) does the same for bfloat16 and the ``bf16`` pass.
 
@@ -32,7 +34,8 @@ import onnx
 from onnxpass.api import rewrite
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import Graph
-from onnxpass.passes.fp16 import BFloat16, Float16, _half_outputs, node_key
+from onnxpass.passes.lowprec import BFloat16, Float16, LowPrecision, converted_outputs
+from onnxpass.passes.pins import node_key
 from onnxpass.verify import random_inputs, run, scaled_stats
 
 
@@ -92,15 +95,16 @@ def convertible(model: onnx.ModelProto, dtype: str = "fp16") -> list[str]:
     work = onnx.ModelProto()
     work.CopyFrom(model)
     g = Graph(work)
+    g.remove_dead()  # as the pipeline runner does before the pass
     g.refresh_types()
     target = pass_class(dtype).target
-    return [node_key(n) for n in g.toposort() if _half_outputs(g, n, target)]
+    return [node_key(n) for n in g.toposort() if converted_outputs(g, n, target)]
 
 
-DTYPES = {"fp16": Float16, "bf16": BFloat16}
+DTYPES: dict[str, type[LowPrecision]] = {"fp16": Float16, "bf16": BFloat16}
 
 
-def pass_class(dtype: str) -> type[Float16]:
+def pass_class(dtype: str) -> type[LowPrecision]:
     if dtype not in DTYPES:
         raise OnnxpassError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     return DTYPES[dtype]

@@ -1,17 +1,21 @@
-"""The graph layer: the one place that loads, edits and saves ONNX models.
+"""The graph layer: an editable, side-effect-free view of an ONNX model's main graph.
 
 A :class:`Graph` wraps a ``ModelProto``. Nodes are small :class:`Node` objects; initializers stay in
 the proto, untouched, so weights are never copied or decoded unless a pass asks for their value.
 The graph keeps producer and consumer maps, treats Constant nodes and initializers alike as
-constants, and offers one edit operation, :meth:`Graph.replace`, that refuses any rewrite that is
-not self-contained.
+constants, and changes only through its edits (:meth:`Graph.replace`, which refuses any rewrite
+that is not self-contained, ``insert``, ``remove``, ``set_type``, ``add_initializer``,
+``remove_dead``). Reading, ``to_model`` and ``refresh_types`` never remove a node. Loading and
+saving are in :mod:`onnxpass.modelio`, opset conversion in :mod:`onnxpass.opset`.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -19,9 +23,11 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from onnxpass.errors import PassError
-# Loading and saving live in onnxpass.modelio; re-exported here, where callers have found them.
+
+# Re-exported where callers have found them: loading and saving live in onnxpass.modelio, opset
+# conversion and the metadata it restores in onnxpass.opset.
 from onnxpass.modelio import check_model, load_model, save_model, skeleton  # noqa: F401
-from onnxpass.modelio import first_line as _first_line
+from onnxpass.opset import convert_opset, node_metadata, restore_node_metadata  # noqa: F401
 
 Dim = int | str | None
 Shape = tuple[Dim, ...]
@@ -33,7 +39,8 @@ ATTR_INPUTS: dict[str, dict[str, int]] = {
         op: {"axes": 1}
         for op in (
             "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
-            "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Squeeze", "Unsqueeze",
+            "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Squeeze",
+            "Unsqueeze",
         )
     },
     "Split": {"split": 1},
@@ -49,7 +56,8 @@ class Node:
 
     def __init__(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str],
                  attrs: dict[str, AttributeProto] | None = None, *, domain: str = "",
-                 name: str = "", metadata: dict[str, str] | None = None, doc_string: str = "") -> None:
+                 name: str = "", metadata: dict[str, str] | None = None,
+                 doc_string: str = "") -> None:
         self.op_type = op_type
         self.domain = "" if domain == "ai.onnx" else domain
         self.inputs = list(inputs)
@@ -115,34 +123,64 @@ _NOT_CONSTANT = _NotConstant()
 NOT_CONSTANT: Any = _NOT_CONSTANT
 
 
+class _Keep:
+    def __repr__(self) -> str:
+        return "<keep>"
+
+
+KEEP: Any = _Keep()
+"""``set_type``'s default shape: the one the value has."""
+
+
+OutputTyper = Callable[["Graph", Node], "Sequence[onnx.TypeProto | None] | None"]
+"""``(graph, node) -> a type for each output`` (None where unknown): how a custom domain types
+the outputs shape inference leaves unknown."""
+
+_OUTPUT_TYPERS: dict[str, OutputTyper] = {}
+
+
+def register_output_typer(domain: str, typer: OutputTyper) -> None:
+    """Have :meth:`Graph.refresh_types` ask ``typer`` for the outputs of ``domain``'s nodes that
+    inference left untyped (the plugin layer registers one; this module never imports it)."""
+    _OUTPUT_TYPERS[domain] = typer
+
+
 class Graph:
-    """An editable view of a model's main graph."""
+    """An editable view of a model's main graph.
+
+    Reading never changes the graph. Passes change it only through the edits: :meth:`replace`,
+    :meth:`insert`, :meth:`remove`, :meth:`set_type`, :meth:`add_initializer` and
+    :meth:`remove_dead`; the maps below are read-only views.
+    """
 
     def __init__(self, model: onnx.ModelProto, base_dir: str | os.PathLike[str] = "") -> None:
         self.model = model
         self.base_dir = str(base_dir)
         g = model.graph
-        self.nodes: list[Node] = []
-        self.producer: dict[str, Node] = {}
-        self.consumers: dict[str, list[Node]] = {}
-        self.inputs = [i.name for i in g.input]
-        self.outputs = [o.name for o in g.output]
+        # Insertion-ordered by id: removal is O(1) and iteration keeps the model's order.
+        self._nodes: dict[int, Node] = {}
+        self._producer: dict[str, Node] = {}
+        self._consumers: dict[str, list[Node]] = {}
+        self.inputs: tuple[str, ...] = tuple(i.name for i in g.input)
+        self.outputs: tuple[str, ...] = tuple(o.name for o in g.output)
+        self._input_set = set(self.inputs)
         self._output_set = set(self.outputs)
-        self.initializers: dict[str, TensorProto] = {t.name: t for t in g.initializer}
-        self.new_initializers: dict[str, TensorProto] = {}
-        self.types: dict[str, onnx.TypeProto] = {}
+        self._initializers: dict[str, TensorProto] = {t.name: t for t in g.initializer}
+        self._new_initializers: dict[str, TensorProto] = {}
+        self._types: dict[str, onnx.TypeProto] = {}
         self._const_cache: dict[str, np.ndarray | None] = {}
         # Every name in the model, values and nodes alike (subgraphs included): a fresh name
         # avoids them all, so names stay unique across passes, rounds and rebuilt Graphs.
         self._used_names: set[str] = _all_names(g)
         self._name_counts: dict[str, int] = {}
         self._schema_cache: dict[tuple[str, str, str], Any] = {}
-        self._live_initializers: set[str] = set(self.initializers)
+        self.producer: Mapping[str, Node] = MappingProxyType(self._producer)
+        self.types: Mapping[str, onnx.TypeProto] = MappingProxyType(self._types)
         for vi in itertools.chain(g.input, g.output, g.value_info):
             if vi.type.HasField("tensor_type"):
-                self.types[vi.name] = vi.type
+                self._types[vi.name] = vi.type
         for t in g.initializer:
-            self.types.setdefault(t.name, _tensor_type(t.data_type, t.dims))
+            self._types.setdefault(t.name, _tensor_type(t.data_type, t.dims))
         seen_nodes: set[str] = set()
         for p in g.node:
             node = Node.from_proto(p)
@@ -153,33 +191,47 @@ class Graph:
         self._sorted = True  # ONNX requires a model's nodes in topological order
 
     # ---- structure -------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes of the graph (removed ones never), in insertion or last sorted order."""
+        return list(self._nodes.values())
+
+    @property
+    def initializers(self) -> Mapping[str, TensorProto]:
+        """Initializers, those added by :meth:`add_initializer` included (read-only)."""
+        return MappingProxyType({**self._initializers, **self._new_initializers})
+
     def _add(self, node: Node) -> None:
         node.graph = self
         self._sorted = False
-        self.nodes.append(node)
+        self._nodes[id(node)] = node
         for o in node.outputs:
             if o:
-                self.producer[o] = node
+                self._producer[o] = node
                 self._used_names.add(o)
         for i in node.inputs:
             if i:
-                self.consumers.setdefault(i, []).append(node)
+                self._consumers.setdefault(i, []).append(node)
 
     def _remove(self, node: Node) -> None:
+        self._nodes.pop(id(node), None)
         for o in node.outputs:
-            if self.producer.get(o) is node:
-                del self.producer[o]
+            if self._producer.get(o) is node:
+                del self._producer[o]
         for i in node.inputs:
-            users = self.consumers.get(i)
+            users = self._consumers.get(i)
             if users:
                 users[:] = [u for u in users if u is not node]
         node.graph = None
 
     def users(self, value: str) -> list[Node]:
-        return self.consumers.get(value, [])
+        return list(self._consumers.get(value, ()))
 
     def is_output(self, value: str) -> bool:
         return value in self._output_set
+
+    def is_input(self, value: str) -> bool:
+        return value in self._input_set
 
     def opset(self, domain: str = "") -> int:
         for o in self.model.opset_import:
@@ -215,10 +267,11 @@ class Graph:
         return self.fresh_name(f"{scope}/{op_type}" if scope else op_type)
 
     def live_nodes(self) -> list[Node]:
-        return [n for n in self.nodes if n.graph is self]
+        """The nodes of the graph (the same as :attr:`nodes`)."""
+        return self.nodes
 
     def op_types(self) -> set[str]:
-        return {n.op_type for n in self.nodes if n.graph is self}
+        return {n.op_type for n in self._nodes.values()}
 
     def schema_default(self, node: Node, name: str) -> Any:
         key = (node.domain, node.op_type, name)
@@ -235,10 +288,13 @@ class Graph:
         return self._schema_cache[key]
 
     # ---- constants, shapes, types ----------------------------------------------------------
+    def _initializer(self, value: str) -> TensorProto | None:
+        return self._new_initializers.get(value) or self._initializers.get(value)
+
     def is_const(self, value: str) -> bool:
-        if value in self.initializers or value in self.new_initializers:
-            return value not in self.inputs
-        p = self.producer.get(value)
+        if value in self._initializers or value in self._new_initializers:
+            return value not in self._input_set
+        p = self._producer.get(value)
         return p is not None and p.op_type == "Constant" and p.domain == ""
 
     def const_value(self, value: str) -> np.ndarray | None:
@@ -246,11 +302,11 @@ class Graph:
         if value in self._const_cache:
             return self._const_cache[value]
         result: np.ndarray | None = None
-        t = self.new_initializers.get(value) or self.initializers.get(value)
-        if t is not None and value not in self.inputs:
+        t = self._initializer(value)
+        if t is not None and value not in self._input_set:
             result = numpy_helper.to_array(t, self.base_dir)
         else:
-            p = self.producer.get(value)
+            p = self._producer.get(value)
             if p is not None and p.op_type == "Constant" and p.domain == "":
                 result = _constant_node_value(p)
         self._const_cache[value] = result
@@ -258,14 +314,14 @@ class Graph:
 
     def const_size(self, value: str) -> int | None:
         """Number of elements of a constant, without decoding it."""
-        t = self.new_initializers.get(value) or self.initializers.get(value)
+        t = self._initializer(value)
         if t is not None:
             return int(np.prod(t.dims)) if len(t.dims) else 1
         v = self.const_value(value)
         return None if v is None else int(v.size)
 
     def shape(self, value: str) -> Shape | None:
-        t = self.types.get(value)
+        t = self._types.get(value)
         if t is None or not t.tensor_type.HasField("shape"):
             c = self.const_value(value) if self.is_const(value) else None
             return None if c is None else tuple(int(d) for d in c.shape)
@@ -275,10 +331,10 @@ class Graph:
         )
 
     def dtype(self, value: str) -> int | None:
-        t = self.types.get(value)
+        t = self._types.get(value)
         if t is not None and t.tensor_type.elem_type:
             return t.tensor_type.elem_type
-        init = self.new_initializers.get(value) or self.initializers.get(value)
+        init = self._initializer(value)
         if init is not None:
             return init.data_type
         c = self.const_value(value) if self.is_const(value) else None
@@ -290,14 +346,58 @@ class Graph:
 
     # ---- editing ---------------------------------------------------------------------------
     def add_initializer(self, array: np.ndarray, hint: str = "const") -> str:
+        """Add a constant under a fresh name derived from ``hint``; returns the name."""
         name = self.fresh_name(hint)
-        self.new_initializers[name] = numpy_helper.from_array(np.asarray(array), name)
-        self.types[name] = _tensor_type(helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype),
-                                        np.shape(array))
+        self._new_initializers[name] = numpy_helper.from_array(np.asarray(array), name)
+        self._types[name] = _tensor_type(helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype),
+                                         np.shape(array))
         return name
 
-    def replace(self, matched: Iterable[Node], old_outputs: Sequence[str], new_nodes: Sequence[Node],
-                new_outputs: Sequence[str]) -> None:
+    def set_type(self, value: str, elem_type: int, shape: Shape | None | object = KEEP) -> None:
+        """Record ``value``'s element type (and shape; by default the one it has). A graph input
+        or output changes in the model's signature too."""
+        if shape is KEEP:
+            shape = self.shape(value)
+        dims = None if shape is None else list(shape)  # type: ignore[call-overload]
+        t = helper.make_tensor_type_proto(elem_type, dims)
+        self._types[value] = t
+        if value in self._input_set or value in self._output_set:
+            for vi in itertools.chain(self.model.graph.input, self.model.graph.output):
+                if vi.name == value:
+                    vi.type.CopyFrom(t)
+
+    def insert(self, nodes: Sequence[Node]) -> None:
+        """Add ``nodes``, whose outputs must be values nothing produces yet (a Cast, say);
+        consumers are not rewired (see :meth:`replace`)."""
+        for node in nodes:
+            taken = [o for o in node.outputs if o and (o in self._producer or o in self._input_set
+                                                       or self._initializer(o) is not None)]
+            if taken:
+                raise PassError(f"insert {node!r}: {taken[0]!r} already has a producer")
+            if node.graph is not None:
+                raise PassError(f"insert {node!r}: the node is already in a graph")
+        for node in nodes:
+            self._add(node)
+
+    def remove(self, nodes: Iterable[Node]) -> None:
+        """Remove ``nodes``; none of their outputs may be a graph output or read by a node that
+        stays (remove or rewire its users first)."""
+        nodes = list({id(n): n for n in nodes}.values())
+        inside = {id(n) for n in nodes}
+        for n in nodes:
+            if n.graph is not self:
+                raise PassError(f"remove {n!r}: not a node of this graph")
+            for o in n.outputs:
+                if o and self.is_output(o):
+                    raise PassError(f"remove {n!r}: {o!r} is a graph output")
+                used = [u for u in self.users(o) if id(u) not in inside] if o else []
+                if used:
+                    raise PassError(f"remove {n!r}: {o!r} is still read by {used[0]!r}")
+        for n in nodes:
+            self._remove(n)
+
+    def replace(self, matched: Iterable[Node], old_outputs: Sequence[str],
+                new_nodes: Sequence[Node], new_outputs: Sequence[str]) -> None:
         """Replace the subgraph ``matched`` by ``new_nodes``; ``old_outputs[i]`` becomes
         ``new_outputs[i]``. Raises :class:`RewriteRefused` when the match is not self-contained."""
         matched = list({id(n): n for n in matched}.values())
@@ -316,14 +416,14 @@ class Graph:
                 continue
             if self.is_output(old):
                 ident = Node("Identity", [new], [old],
-                             name=self.fresh_node_name(self.producer.get(old), "Identity"))
+                             name=self.fresh_node_name(self._producer.get(old), "Identity"))
                 new_nodes = [*new_nodes, ident]
                 continue
-            for user in list(self.users(old)):
+            for user in self.users(old):
                 self._sorted = False
                 user.inputs = [new if i == old else i for i in user.inputs]
-                self.consumers.setdefault(new, []).append(user)
-            self.consumers.pop(old, None)
+                self._consumers.setdefault(new, []).append(user)
+            self._consumers.pop(old, None)
         for node in new_nodes:
             self._add(node)
 
@@ -336,7 +436,7 @@ class Graph:
                     continue
                 if self.is_output(o):
                     raise RewriteRefused(f"internal value {o!r} is a graph output")
-                for u in self.users(o):
+                for u in self._consumers.get(o, ()):
                     if id(u) not in inside:
                         raise RewriteRefused(f"internal value {o!r} is also used by {u.op_type} "
                                              f"{u.name or u.outputs[0]!r} outside the match")
@@ -348,7 +448,7 @@ class Graph:
         produced = {o for n in matched for o in n.outputs}
         ins = {i for n in matched for i in n.inputs if i and i not in produced}
         seen: set[int] = set()
-        stack = [u for o in outputs for u in self.users(o) if id(u) not in inside]
+        stack = [u for o in outputs for u in self._consumers.get(o, ()) if id(u) not in inside]
         while stack:
             n = stack.pop()
             if id(n) in seen:
@@ -356,42 +456,39 @@ class Graph:
             seen.add(id(n))
             if any(o in ins for o in n.outputs):
                 return True
-            stack.extend(u for o in n.outputs for u in self.users(o) if id(u) not in inside)
+            stack.extend(u for o in n.outputs for u in self._consumers.get(o, ())
+                         if id(u) not in inside)
         return False
 
     def remove_dead(self) -> int:
-        """Remove nodes and initializers that no graph output depends on."""
+        """Remove the nodes and initializers no graph output depends on; returns how many nodes.
+        The only edit that removes what a pass did not name (the ``dce`` pass, the runner)."""
         live: set[str] = set(self.outputs)
-        keep: list[Node] = []
         removed = 0
         for n in reversed(self.toposort()):
             if any(o in live for o in n.outputs) or _has_side_effects(n):
-                keep.append(n)
                 live.update(i for i in n.inputs if i)
-                live.update(_subgraph_captures(n))
+                live.update(subgraph_captures(n))
             else:
                 self._remove(n)
                 removed += 1
-        self.nodes = keep[::-1]
-        for name in [k for k in self.new_initializers if k not in live]:
-            del self.new_initializers[name]
-        self._live_initializers = live
+        live |= self._input_set
+        for store in (self._initializers, self._new_initializers):
+            for name in [k for k in store if k not in live]:
+                del store[name]
         return removed
 
     def toposort(self) -> list[Node]:
-        """Stable topological order of the live nodes (original order where it is valid)."""
-        nodes = self.live_nodes()
+        """Stable topological order of the nodes (original order where it is valid)."""
+        nodes = self.nodes
         if self._sorted:  # nothing added or rewired since the last sort: removals keep order
-            self.nodes = nodes
             return nodes
         index = {id(n): k for k, n in enumerate(nodes)}
         indeg = {id(n): 0 for n in nodes}
         for n in nodes:
-            deps = {id(self.producer[i]) for i in _all_inputs(n) if i in self.producer}
+            deps = {id(self._producer[i]) for i in _all_inputs(n) if i in self._producer}
             deps.discard(id(n))
             indeg[id(n)] = len(deps)
-        import heapq
-
         ready = [index[id(n)] for n in nodes if indeg[id(n)] == 0]
         heapq.heapify(ready)
         order: list[Node] = []
@@ -400,7 +497,7 @@ class Graph:
             order.append(n)
             done: set[int] = set()
             for o in n.outputs:
-                for u in self.users(o):
+                for u in self._consumers.get(o, ()):
                     if id(u) in done or id(u) not in indeg or u is n:
                         continue
                     done.add(id(u))
@@ -409,33 +506,34 @@ class Graph:
                         heapq.heappush(ready, index[id(u)])
         if len(order) != len(nodes):
             raise PassError("graph has a cycle")
-        self.nodes = order
+        self._nodes = {id(n): n for n in order}
         self._sorted = True
         return order
 
     # ---- back to a model -------------------------------------------------------------------
     def to_model(self) -> onnx.ModelProto:
-        """Write the edits back into ``self.model`` (in place) and return it."""
-        self.remove_dead()
+        """Write the graph into ``self.model`` (in place) and return it. Removes nothing: dead
+        nodes are written too (:meth:`remove_dead` is the step that drops them)."""
+        nodes = self.toposort()
         g = self.model.graph
-        live = self._live_initializers | set(self.inputs)
-        for k in reversed([k for k, t in enumerate(g.initializer) if t.name not in live]):
+        for k in reversed([k for k, t in enumerate(g.initializer)
+                           if t.name not in self._initializers]):
             del g.initializer[k]
-        g.initializer.extend(self.new_initializers.values())
-        self.initializers = {t.name: t for t in g.initializer}
-        self.new_initializers = {}
+        g.initializer.extend(self._new_initializers.values())
+        self._initializers = {t.name: t for t in g.initializer}
+        self._new_initializers = {}
         del g.node[:]
-        g.node.extend(n.to_proto() for n in self.nodes)
-        produced = {o for n in self.nodes for o in n.outputs} - set(self.outputs)
+        g.node.extend(n.to_proto() for n in nodes)
+        produced = {o for n in nodes for o in n.outputs} - self._output_set
         del g.value_info[:]
-        g.value_info.extend(helper.make_value_info(v, self.types[v]) for v in sorted(produced)
-                            if v in self.types and self.types[v].tensor_type.elem_type)
+        g.value_info.extend(helper.make_value_info(v, self._types[v]) for v in sorted(produced)
+                            if v in self._types and self._types[v].tensor_type.elem_type)
         _prune_opsets(self.model)
         return self.model
 
     def refresh_types(self, skel: onnx.ModelProto | None = None, retry: bool = True) -> None:
         """Run shape inference on the weight-free skeleton (``skel``, if the caller just made one
-        from ``to_model()``) and record every value's type."""
+        from ``to_model()``) and record every value's type. Changes no node."""
         if skel is None:
             skel, _ = skeleton(self.to_model())
         try:
@@ -445,38 +543,29 @@ class Graph:
         ig = inferred.graph
         for vi in itertools.chain(ig.value_info, ig.output):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-                self.types[vi.name] = vi.type
+                self._types[vi.name] = vi.type
         self._const_cache.clear()
-        if self._plugin_types() and retry:
-            # What follows a plugin node is inferred again, now that its outputs are typed.
+        if self._hook_types() and retry:
+            # What follows such a node is inferred again, now that its outputs are typed.
             self.refresh_types(retry=False)
 
-    def _plugin_types(self) -> int:
-        """Type plugin outputs that inference through the local function left unknown (e.g.
-        axes computed from an attribute), from the plugin's own spec. Returns how many."""
-        from onnxpass.plugins.base import DOMAIN, get_plugin
-
+    def _hook_types(self) -> int:
+        """Type the outputs inference left unknown (a plugin's axes computed from an attribute)
+        through the registered output typers. Returns how many."""
+        if not _OUTPUT_TYPERS:
+            return 0
         filled = 0
         for n in self.toposort():
-            if n.domain != DOMAIN or all(self.shape(o) is not None for o in n.outputs if o):
+            typer = _OUTPUT_TYPERS.get(n.domain)
+            if typer is None or all(self.shape(o) is not None for o in n.outputs if o):
                 continue
             try:
-                spec = get_plugin(n.op_type)
-                shapes = [self.shape(i) for i in n.inputs]
-                dtypes = [self.dtype(i) for i in n.inputs]
-                if any(s is None for s in shapes) or any(d is None for d in dtypes):
-                    continue
-                attrs = {k: n.attr(k) for k in n.attrs}
-                out_shapes = spec.output_shapes(shapes, attrs)  # type: ignore[arg-type]
-                out_dtypes = spec.output_dtypes(
-                    [helper.tensor_dtype_to_np_dtype(d).name for d in dtypes])  # type: ignore[arg-type]
-            except Exception:  # an unknown plugin or a shape rule that needs static dims
+                types = typer(self, n)
+            except Exception:  # a typer that needs static dims or knows no such op
                 continue
-            for o, shape, dt in zip(n.outputs, out_shapes, out_dtypes):
-                if o and self.shape(o) is None:
-                    dims = [d if isinstance(d, (int, str)) else None for d in shape]
-                    self.types[o] = helper.make_tensor_type_proto(
-                        helper.np_dtype_to_tensor_dtype(np.dtype(dt)), dims)
+            for o, t in zip(n.outputs, types or ()):
+                if o and t is not None and self.shape(o) is None:
+                    self._types[o] = t
                     filled += 1
         return filled
 
@@ -484,46 +573,6 @@ class Graph:
 class RewriteRefused(Exception):
     """A rewrite was refused because the match is not self-contained (internal; becomes a
     MatchFailure in explanations)."""
-
-
-def convert_opset(graph: Graph, version: int, why: str) -> Graph:
-    """Raise the default-domain opset with ONNX's version converter, run on the skeleton so
-    weights are not copied. Raises PassError if conversion fails."""
-    from onnx import version_converter
-
-    from onnxpass.plugins.base import DOMAIN, all_plugins
-
-    model = graph.to_model()
-    metadata = node_metadata(model)
-    skel, moved = skeleton(model)
-    try:
-        conv = version_converter.convert_version(skel, version)
-        onnx.checker.check_model(conv)
-    except Exception as e:
-        raise PassError(f"cannot raise opset {graph.opset()} -> {version} for {why}: "
-                        f"{_first_line(e)}") from None
-    moved_set = set(moved)
-    g = model.graph
-    del g.node[:]
-    g.node.extend(conv.graph.node)
-    restore_node_metadata(model, metadata)
-    # The weights stay where they are (extend would copy them); only the small initializers,
-    # which went through the converter, are replaced.
-    for k in reversed([k for k, t in enumerate(g.initializer) if t.name not in moved_set]):
-        del g.initializer[k]
-    g.initializer.extend(conv.graph.initializer)
-    del g.value_info[:]
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            o.version = version
-    # A plugin's local function is its reference body written for one opset: rewrite it.
-    specs = {s.name: s for s in all_plugins()}
-    for f in model.functions:
-        if f.domain == DOMAIN and f.name in specs:
-            f.CopyFrom(specs[f.name].function(version))
-    new = Graph(model, graph.base_dir)
-    new.refresh_types()
-    return new
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -559,21 +608,6 @@ def _all_names(g: onnx.GraphProto) -> set[str]:
     return names
 
 
-def node_metadata(model: onnx.ModelProto) -> dict[str, list[onnx.StringStringEntryProto]]:
-    """Node name -> metadata_props, for the nodes that have some (names are unique)."""
-    return {n.name: list(n.metadata_props) for n in model.graph.node
-            if n.name and len(n.metadata_props)}
-
-
-def restore_node_metadata(model: onnx.ModelProto,
-                          saved: dict[str, list[onnx.StringStringEntryProto]]) -> None:
-    """Put back the metadata a round trip through another tool (GraphSurgeon, the version
-    converter) dropped: provenance, and the fp16 pass's boundary marks that keep it idempotent."""
-    for n in model.graph.node:
-        if n.name in saved and not len(n.metadata_props):
-            n.metadata_props.extend(saved[n.name])
-
-
 def _produced_by(value: str, nodes: Sequence[Node]) -> bool:
     return any(value in n.outputs for n in nodes)
 
@@ -582,7 +616,7 @@ def _has_side_effects(node: Node) -> bool:
     return False
 
 
-def _subgraph_captures(node: Node) -> set[str]:
+def subgraph_captures(node: Node) -> set[str]:
     """Outer-scope names used inside If/Loop/Scan bodies."""
     names: set[str] = set()
     for a in node.attrs.values():
@@ -591,14 +625,14 @@ def _subgraph_captures(node: Node) -> set[str]:
                 names.update(n.input)
                 for aa in n.attribute:
                     if aa.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS):
-                        names.update(_subgraph_captures(Node.from_proto(n)))
+                        names.update(subgraph_captures(Node.from_proto(n)))
     return names
 
 
 def _all_inputs(node: Node) -> Iterator[str]:
     yield from (i for i in node.inputs if i)
     if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attrs.values()):
-        yield from _subgraph_captures(node)
+        yield from subgraph_captures(node)
 
 
 def _prune_opsets(model: onnx.ModelProto) -> None:

@@ -63,24 +63,27 @@ def load_image_folder(folder: str | os.PathLike[str], model: onnx.ModelProto, *,
     n_dim, *hwc = vi.type.tensor_type.shape.dim
     c_dim, h_dim, w_dim = (hwc[2], hwc[0], hwc[1]) if nhwc else hwc
     channels = c_dim.dim_value
-    mean = _per_channel(folder, "mean", mean, (IMAGENET_MEAN if channels == 3 else GRAY_MEAN),
-                        channels)
-    std = _per_channel(folder, "std", std, (IMAGENET_STD if channels == 3 else GRAY_STD), channels)
-    if not np.all(std):
+    mean_c = _per_channel(folder, "mean", mean, (IMAGENET_MEAN if channels == 3 else GRAY_MEAN),
+                          channels)
+    std_c = _per_channel(folder, "std", std, (IMAGENET_STD if channels == 3 else GRAY_STD),
+                         channels)
+    if not np.all(std_c):
         raise OnnxpassError(f"{folder}: std must not be 0")
     if n_dim.HasField("dim_value") and n_dim.dim_value != len(files):
         raise OnnxpassError(f"{folder}: {len(files)} images, but input {vi.name!r} takes a batch "
                             f"of exactly {n_dim.dim_value}")
 
     static = (w_dim.dim_value, h_dim.dim_value)  # PIL sizes are (width, height); 0: symbolic
-    pixels, target = [], None
+    pixels: list[np.ndarray] = []
+    target: tuple[int, int] | None = None
     for p in files:
         try:
             with Image.open(p) as im:
                 im = im.convert("RGB" if channels == 3 else "L")
         except Exception as e:
             raise OnnxpassError(f"{p}: cannot read the image ({e})") from None
-        target = target or tuple(s or i for s, i in zip(static, im.size))
+        if target is None:
+            target = (static[0] or im.size[0], static[1] or im.size[1])
         if any(not s and i != t for s, i, t in zip(static, im.size, target)):
             raise OnnxpassError(f"{p}: {im.size[0]}x{im.size[1]}, but {files[0].name} is "
                                 f"{target[0]}x{target[1]}; input {vi.name!r} has symbolic H/W, "
@@ -88,10 +91,11 @@ def load_image_folder(folder: str | os.PathLike[str], model: onnx.ModelProto, *,
         if im.size != target:
             im = im.resize(target, Image.Resampling.BILINEAR)
         pixels.append(np.asarray(im, np.float32).reshape(target[1], target[0], channels))
-    batch = (np.stack(pixels) / 255.0 - mean) / std  # N, H, W, C
+    batch = (np.stack(pixels) / 255.0 - mean_c) / std_c  # N, H, W, C
     if not nhwc:
         batch = batch.transpose(0, 3, 1, 2)
 
+    assert target is not None  # files is not empty
     filled = dict(dims or {})
     for d, value in ((n_dim, len(files)), (w_dim, target[0]), (h_dim, target[1])):
         if d.dim_param:

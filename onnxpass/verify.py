@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import onnx
 from onnx import helper
 
 from onnxpass.errors import OnnxpassError, VerificationError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 DEFAULT_DIM = 2
 
@@ -149,7 +153,7 @@ def tolerance_text(precision: str, rtol: float | None = None, atol: float | None
                                      else f" ({precision} default)")
 
 
-def session(model: onnx.ModelProto | str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def session(model: onnx.ModelProto | str | os.PathLike[str]) -> ort.InferenceSession:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -161,7 +165,8 @@ def session(model: onnx.ModelProto | str | os.PathLike[str]):  # type: ignore[no
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         what = "model" if isinstance(model, onnx.ModelProto) else str(model)
-        raise OnnxpassError(f"{what}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}")
+        raise OnnxpassError(
+            f"{what}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
 
 
 def random_inputs(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | None = None
@@ -352,7 +357,7 @@ def run(model: onnx.ModelProto | str | os.PathLike[str], feeds: dict[str, np.nda
         raise OnnxpassError(f"{what}: ONNX Runtime cannot run it: "
                             f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
                             ) from None
-    return dict(zip(names, got))
+    return dict(zip(names, cast(list[np.ndarray], got)))  # dense outputs: arrays
 
 
 def compare_models(original: onnx.ModelProto | str | os.PathLike[str],

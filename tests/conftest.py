@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # ---- real-model exports, each made once per session ---------------------------------------------
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

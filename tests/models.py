@@ -18,9 +18,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.overrides import TorchFunctionMode  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 BATCH = 2
 # torchscript: opset 14, everything decomposed. dynamo: its default opset (20), LayerNormalization
@@ -294,7 +294,7 @@ class ExportCache:
                 built = MODELS[name]()
                 export(half(built) if fp16 else built, exporter, path)
                 self._paths[key] = path
-            except Exception as e:  # noqa: BLE001  (the reason becomes the skip message)
+            except Exception as e:
                 self._paths[key] = f"{exporter} cannot export {name}: {_reason(e)}"
         return self._paths[key]
 

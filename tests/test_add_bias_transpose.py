@@ -13,7 +13,10 @@ from onnxpass.patterns import explain
 from onnxpass.plugins import get_plugin
 from tests.models import MODELS
 from tests.models_projections import (
-    merged_attention, merged_attention_export, projection_counts, rewrite_checked,
+    merged_attention,
+    merged_attention_export,
+    projection_counts,
+    rewrite_checked,
 )
 
 EXPORTERS = ("torchscript", "dynamo")

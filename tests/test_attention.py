@@ -21,8 +21,14 @@ from onnxpass.plugins.base import DOMAIN
 from onnxpass.testing.golden import GoldenCase
 from onnxpass.verify import error_stats, run
 from tests.models import EXPORTERS, MODELS
-from tests.models_attention import (MINILM_LAYERS, attention_count, deit, minilm_cache,
-                                    minilm_path, padded_inputs)
+from tests.models_attention import (
+    MINILM_LAYERS,
+    attention_count,
+    deit,
+    minilm_cache,
+    minilm_path,
+    padded_inputs,
+)
 
 FORMS = ("std", "plugin", "trt")
 RTOL, ATOL = 1e-5, 1e-6  # error_stats defaults (float32 graphs)

@@ -1,4 +1,4 @@
-"""The bf16 pass (onnxpass/passes/fp16.py, :class:`BFloat16`): its real-model tests run with the
+"""The bf16 pass (onnxpass/passes/lowprec.py, :class:`BFloat16`): its real-model tests run with the
 fp16 ones (tests/test_fp16.py, within 5e-2 at each output's scale); here, it refuses a graph the
 fp16 pass converted (and fp16 one bf16 converted); ``onnxpass debug precision --dtype bf16``.
 Golden cases are in tests/goldens/bf16/.
@@ -16,9 +16,9 @@ import pytest
 import onnxpass
 from onnxpass.debug_precision import simulate_float16
 from onnxpass.errors import OnnxpassError
-from onnxpass.passes.fp16 import BFloat16, read_pins
+from onnxpass.passes.lowprec import BFloat16
+from onnxpass.passes.pins import read_pins
 from onnxpass.verify import random_inputs, run, scaled_stats
-
 
 
 def rewrite(model: onnx.ModelProto, spec: object = "bf16") -> onnx.ModelProto:

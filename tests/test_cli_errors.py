@@ -390,7 +390,7 @@ g (float[2,3] x) => (float[2,3,1] y) <int64[1] ax = {2}> { r = Relu (x)
         "shape (2,3) != (2,3,1)"
 
 
-# ---- flags ----------------------------------------------------------------------------------------
+# ---- flags ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec", ["", " , ", ","])
 def test_empty_passes(spec: str, small: Path, work: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -413,7 +413,7 @@ def test_dump_dir_is_a_file(small: Path, work: Path, capsys) -> None:  # type: i
             "--dump-dir", str(blocker)], capsys, work, "--dump-dir", "not a folder")
 
 
-# ---- pytest --update-goldens ----------------------------------------------------------------------
+# ---- pytest --update-goldens ---------------------------------------------------------------
 
 def _golden_source(path: Path) -> str:
     text = path.read_text()

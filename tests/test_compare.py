@@ -21,7 +21,8 @@ g (float[N,16] x) => (float[N,8] logits) <float[16,8] w = {W}> {
 
 def _save(path: Path, scale: float) -> Path:
     w = np.random.default_rng(0).standard_normal(128).astype(np.float32) * scale
-    onnx.save(onnx.parser.parse_model(CLASSIFIER.replace("{W}", "{" + ",".join(map(str, w)) + "}")), path)
+    weights = "{" + ",".join(map(str, w)) + "}"
+    onnx.save(onnx.parser.parse_model(CLASSIFIER.replace("{W}", weights)), path)
     return path
 
 

@@ -13,10 +13,11 @@ import pytest
 import onnxpass
 from onnxpass.debug_precision import simulate_float16
 from onnxpass.errors import OnnxpassError
-from onnxpass.passes.fp16 import Float16, read_pins
+from onnxpass.passes.lowprec import Float16
+from onnxpass.passes.pins import read_pins
+from onnxpass.verify import error_stats, random_inputs, run, scaled_stats
 from tests.helpers import tensorrt_missing
 from tests.models_attention import minilm_cache, minilm_path, padded_inputs
-from onnxpass.verify import error_stats, random_inputs, run, scaled_stats
 
 RTOL = 1e-2
 REAL = [(m, e) for m in ("vit", "bert", "clip_text", "clip_vision", "detr", "mobilevit", "levit",
@@ -174,7 +175,8 @@ def test_pins_by_glob_and_pattern(real_models, tmp_path) -> None:  # type: ignor
     assert gelu_ops == {"Div", "Erf", "Add", "Mul"}, gelu_ops  # nothing else
     assert scaled_error(model, half)
     pins.write_text("pattern:nosuch\n")
-    with pytest.raises(OnnxpassError, match="pattern:nosuch: not a pattern pass; pattern passes: .*gelu"):
+    with pytest.raises(OnnxpassError,
+                       match="pattern:nosuch: not a pattern pass; pattern passes: .*gelu"):
         Float16(pins=str(pins))
 
 
@@ -191,7 +193,8 @@ def test_float16_io() -> None:
 
 OVERFLOW = """
 <ir_version: 8, opset_import: ["" : 17]>
-g (float[4,16] x) => (float[4,16] y, float[4,16] z) <float k = {200.0}, float c = {1e-4}, float[16] bias = {B}> {
+g (float[4,16] x) => (float[4,16] y, float[4,16] z)
+  <float k = {200.0}, float c = {1e-4}, float[16] bias = {B}> {
   a = Mul (x, k)
   b = Mul (a, a)
   y = Mul (b, c)
@@ -243,7 +246,8 @@ def test_fp16_after_pipeline(real_models, name: str, exporter: str, pipeline: st
     half = fp16(fused)
     onnx.checker.check_model(half)
     errs = scaled_error(model, half)
-    print(f"\n{name}-{exporter}-{pipeline}+fp16: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+    shown = ", ".join(f"{k} {v:.2e}" for k, v in errs.items())
+    print(f"\n{name}-{exporter}-{pipeline}+fp16: {shown}")
 
 
 def test_eps_below_float16_stays_nonzero() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxpass.errors import ModelLoadError
+from onnxpass.errors import ModelLoadError, PassError
 from onnxpass.graph import Graph, Node, RewriteRefused, load_model, save_model
 from tests.helpers import graph
 
@@ -110,3 +110,88 @@ def test_external_data_stays_external(tmp_path) -> None:  # type: ignore[no-unty
     (src.parent / "m.data").unlink()
     with pytest.raises(ModelLoadError, match="external data file 'm.data'"):
         load_model(src)
+
+
+def _with_dead_node() -> Graph:
+    # Not tests.helpers.graph, which drops dead code as the pipeline runner does.
+    return Graph(onnx.parser.parse_model(f"""{HDR} g (float[2] x) => (float[2] y)
+        <float[2] w = {{1.0, 2.0}}> {{
+        d = Mul (x, w)
+        y = Relu (x)
+    }}"""))
+
+
+def test_to_model_and_refresh_types_never_remove_nodes() -> None:
+    """Reading and refreshing types change nothing; dead code goes only by remove_dead."""
+    g = _with_dead_node()
+    g.refresh_types()
+    assert [n.op_type for n in g.to_model().graph.node] == ["Mul", "Relu"]
+    assert [n.op_type for n in g.nodes] == ["Mul", "Relu"] and "w" in g.initializers
+    assert g.dtype("d") == onnx.TensorProto.FLOAT
+    assert g.remove_dead() == 1
+    model = g.to_model()
+    assert [n.op_type for n in model.graph.node] == ["Relu"] and not model.graph.initializer
+
+
+def test_nodes_holds_only_the_nodes_of_the_graph() -> None:
+    g = _three_ops()
+    old = g.producer["y"]
+    g.replace([old], ["y"], [Node("Sigmoid", ["b"], ["s"])], ["s"])
+    assert old.graph is None and old not in g.nodes
+    assert [n.op_type for n in g.nodes] == ["Relu", "Exp", "Sigmoid"] == \
+        [n.op_type for n in g.live_nodes()]
+
+
+def test_maps_are_read_only() -> None:
+    g = _three_ops()
+    with pytest.raises(TypeError):
+        g.types["a"] = onnx.TypeProto()  # type: ignore[index]
+    with pytest.raises(TypeError):
+        g.producer["a"] = g.producer["b"]  # type: ignore[index]
+
+
+def test_insert_remove_and_set_type() -> None:
+    g = _three_ops()
+    cast = Node("Cast", ["a"], ["a16"], {"to": onnx.helper.make_attribute("to", 10)})
+    g.insert([cast])
+    g.set_type("a16", onnx.TensorProto.FLOAT16, g.shape("a"))
+    assert g.producer["a16"] is cast and g.users("a") == [g.producer["b"], cast]
+    assert g.dtype("a16") == onnx.TensorProto.FLOAT16 and g.shape("a16") == (2,)
+    with pytest.raises(PassError, match="already has a producer"):
+        g.insert([Node("Neg", ["x"], ["a"])])
+    with pytest.raises(PassError, match="still read by"):
+        g.remove([g.producer["a"]])
+    with pytest.raises(PassError, match="graph output"):
+        g.remove([g.producer["y"]])
+    g.remove([cast])
+    assert "a16" not in g.producer and cast.graph is None and g.users("a") == [g.producer["b"]]
+    # a graph input or output changes in the model's signature too
+    g.set_type("x", onnx.TensorProto.FLOAT16)
+    assert g.model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert g.shape("x") == (2,)
+
+
+def test_plugin_output_types_come_through_a_hook() -> None:
+    """graph.py imports no plugin: a domain registers how to type its nodes' outputs."""
+    import ast
+    from pathlib import Path
+
+    import onnxpass.graph as graph_module
+    from onnxpass.graph import register_output_typer
+
+    tree = ast.parse(Path(graph_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    upward = ("onnxpass.passes", "onnxpass.plugins")
+    assert not {m for m in imported if m and m.startswith(upward)}
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17, "test.typed": 1]>
+        g (float[2,3] x) => (float[2,3] y) {
+        t = test.typed.Mystery (x)
+        y = Relu (t)
+    }""")
+    g = Graph(model)
+    g.refresh_types()
+    assert g.shape("t") is None
+    register_output_typer("test.typed", lambda gr, n: [
+        onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [2, 3])])
+    g.refresh_types()
+    assert g.shape("t") == (2, 3)

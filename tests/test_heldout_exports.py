@@ -61,7 +61,7 @@ def _ort_load(model: onnx.ModelProto) -> str | None:
     opts.log_severity_level = 3
     try:
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return _first_line(e)
     return None
 
@@ -126,7 +126,7 @@ def _check(heldout_exports, name: str, exporter: str, pipeline: str,  # type: ig
         return
     try:
         out = _rewrite(original, pipeline)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         problems.append(f"rewrite raised {_first_line(e)}")
         return
     record["fused"] = {k: (v, _kinds(original)[k]) for k, v in _kinds(out).items()}
@@ -149,7 +149,7 @@ def _check(heldout_exports, name: str, exporter: str, pipeline: str,  # type: ig
                     if a[(d, t)] != b[(d, t)]}
             problems.append(f"(b) second run changed the graph: {len(out.graph.node)} -> "
                             f"{len(again.graph.node)} nodes, op count changes {diff}")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         problems.append(f"(b) second run raised {_first_line(e)}")
 
     # (c) same outputs

@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from onnx import TensorProto
 
-from onnxpass.patterns import Alt, Attr, Const, MatchFailure, Rule, Var, apply_rules, explain
+from onnxpass.graph import Graph
+from onnxpass.patterns import (
+    Alt,
+    Attr,
+    Const,
+    Match,
+    MatchFailure,
+    Rule,
+    Var,
+    apply_rules,
+    explain,
+    find_matches,
+)
 from tests.helpers import graph, ops
 
 HDR = '<ir_version: 8, opset_import: ["" : 17]>'
 
 
-def first_match(g, rule):  # type: ignore[no-untyped-def]
-    from onnxpass.patterns.matcher import Tracer
-
-    for node in g.toposort():
-        for m in rule.matches_at(g, node, Tracer()):
-            return m
-    return None
+def first_match(g: Graph, rule: Rule) -> Match[Any] | None:
+    """The first match the engine would apply (the one ``run`` and ``--explain`` share)."""
+    return next((f.match for f in find_matches(g, [rule]) if f.accepted), None)
 
 
 def test_commutative_inputs_match_in_either_order() -> None:
     g = graph(f"""{HDR} g (float[4] x) => (float[4] y) <float c = {{2.0}}> {{
         y = Add (c, x)
     }}""")
-    rule = Rule("r", lambda op, x: op.Add(x, Const("c")), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Add(x, Const("c")), rewrite=lambda op, m: m["x"])
     m = first_match(g, rule)
     assert m is not None and m["x"] == "x" and float(m.const("c")) == 2.0
 
@@ -33,16 +43,16 @@ def test_alternatives_at_the_root_record_a_tag() -> None:
     g = graph(f"""{HDR} g (float[4] x) => (float[4] y) {{
         y = Sigmoid (x)
     }}""")
-    rule = Rule("r", lambda op, x: Alt(relu=op.Relu(x), sig=op.Sigmoid(x), tag="act"),
-                lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: Alt(relu=op.Relu(x), sig=op.Sigmoid(x), tag="act"),
+                rewrite=lambda op, m: m["x"])
     assert rule.roots == {"Relu", "Sigmoid"}
     m = first_match(g, rule)
     assert m is not None and m.tag("act") == "sig"
 
 
 def test_optional_node_matches_with_and_without_it() -> None:
-    pattern = lambda op, x: op.Relu(op.Cast(x, to=TensorProto.FLOAT).optional())  # noqa: E731
-    rule = Rule("r", pattern, lambda op, m: m["x"])
+    pattern = lambda op, x: op.Relu(op.Cast(x, to=TensorProto.FLOAT).optional())
+    rule = Rule(name="r", pattern=pattern, rewrite=lambda op, m: m["x"])
     with_cast = graph(f"""{HDR} g (float16[4] x) => (float[4] y) {{
         c = Cast <to = 1> (x)
         y = Relu (c)
@@ -59,16 +69,18 @@ def test_repeated_chain_of_any_length() -> None:
         c = Identity (b)
         y = Relu (c)
     }}""")
-    rule = Rule("r", lambda op, x: op.Relu(op.Identity(x).repeated()), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Relu(op.Identity(x).repeated()),
+                rewrite=lambda op, m: m["x"])
     m = first_match(g, rule)
     assert m["x"] == "x" and len(m.nodes) == 4
 
 
 def test_constant_by_value_within_stated_ulps() -> None:
     text = f"""{HDR} g (float[4] x) => (float[4] y) <float r = {{VALUE}}> {{ y = Mul (x, r) }}"""
-    exact = Rule("r", lambda op, x: op.Mul(x, 0.70710678), lambda op, m: m["x"])
-    one_ulp = Rule("r", lambda op, x: op.Mul(x, Const(value=0.70710678, ulps=1)),
-                   lambda op, m: m["x"])
+    exact = Rule(name="r", pattern=lambda op, x: op.Mul(x, 0.70710678),
+                 rewrite=lambda op, m: m["x"])
+    one_ulp = Rule(name="r", pattern=lambda op, x: op.Mul(x, Const(value=0.70710678, ulps=1)),
+                   rewrite=lambda op, m: m["x"])
     # 0.70710677 and 0.7071067690849304 are the same float32; 0.7071068 is one ULP above
     for written in ("0.70710677", "0.7071067690849304"):
         assert first_match(graph(text.replace("VALUE", written)), exact) is not None
@@ -94,13 +106,14 @@ def test_constant_value_is_compared_in_its_own_dtype() -> None:
         out.refresh_types()
         return out
 
-    rule = Rule("r", lambda op, x: op.Mul(x, 1.4142135623730951), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Mul(x, 1.4142135623730951),
+                rewrite=lambda op, m: m["x"])
     assert first_match(mul_by(np.array(1.414, np.float16)), rule) is not None  # sqrt 2 in fp16
     assert first_match(mul_by(np.array(1.414, np.float32)), rule) is None
 
 
 def test_no_relative_tolerance_for_exact_values() -> None:
-    rule = Rule("r", lambda op, x: op.Mul(x, 1.0), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Mul(x, 1.0), rewrite=lambda op, m: m["x"])
     for value, ok in (("1.0", True), ("1.00009", False), ("0.99999994", False)):
         g = graph(f"""{HDR} g (float[4] x) => (float[4] y) <float r = {{{value}}}> {{
             y = Mul (x, r)
@@ -109,7 +122,7 @@ def test_no_relative_tolerance_for_exact_values() -> None:
 
 
 def test_unnamed_attribute_must_hold_its_default() -> None:
-    rule = Rule("r", lambda op, x: op.Shape(x), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Shape(x), rewrite=lambda op, m: m["x"])
     for attrs, ok in (("", True), ("<start = 0>", True), ("<start = 1>", False),
                       ("<end = 2>", False)):
         g = graph(f"""{HDR} g (float[4,5] x) => (int64[2] y) {{ y = Shape {attrs} (x) }}""")
@@ -117,17 +130,19 @@ def test_unnamed_attribute_must_hold_its_default() -> None:
 
 
 def test_attribute_in_input_form_must_be_named() -> None:
-    rule = Rule("r", lambda op, x: op.ReduceSum(x, keepdims=1), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.ReduceSum(x, keepdims=1),
+                rewrite=lambda op, m: m["x"])
     g = graph("""<ir_version: 8, opset_import: ["" : 18]>
     g (float[4,5] x) => (float[4,1] y) <int64[1] a = {1}> { y = ReduceSum (x, a) }""")
     assert first_match(g, rule) is None
-    named = Rule("r", lambda op, x: op.ReduceSum(x, axes=Var("axes"), keepdims=1),
-                 lambda op, m: m["x"])
+    named = Rule(name="r", pattern=lambda op, x: op.ReduceSum(x, axes=Var("axes"), keepdims=1),
+                 rewrite=lambda op, m: m["x"])
     assert first_match(g, named).attr("axes") == [1]
 
 
 def test_irrelevant_attribute_is_proven_so() -> None:
-    rule = Rule("r", lambda op, x: op.ReduceMean(x, axes=Var("axes")), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.ReduceMean(x, axes=Var("axes")),
+                rewrite=lambda op, m: m["x"])
     given = graph("""<ir_version: 8, opset_import: ["" : 18]>
     g (float[4,5] x) => (float[4,1] y) <int64[1] a = {1}> {
         y = ReduceMean <noop_with_empty_axes = 1> (x, a)
@@ -139,7 +154,8 @@ def test_irrelevant_attribute_is_proven_so() -> None:
 
 
 def test_cast_saturate_matters_only_for_float8() -> None:
-    rule = Rule("r", lambda op, x: op.Cast(x, to=Var("to")), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Cast(x, to=Var("to")),
+                rewrite=lambda op, m: m["x"])
     for to, name, ok in ((TensorProto.FLOAT16, "float16", True),
                          (TensorProto.FLOAT8E4M3FN, "float8e4m3fn", False)):
         g = graph(f"""<ir_version: 9, opset_import: ["" : 19]>
@@ -148,7 +164,7 @@ def test_cast_saturate_matters_only_for_float8() -> None:
 
 
 def test_constant_may_not_widen_the_output() -> None:
-    rule = Rule("r", lambda op, x: op.Mul(x, 0.5), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Mul(x, 0.5), rewrite=lambda op, m: m["x"])
     for shape, ok in (("", True), ("[1]", True), ("[1,1]", True), ("[1,1,1]", False)):
         g = graph(f"""{HDR} g (float[2,4] x) => (float y) <float{shape} h = {{0.5}}> {{
             y = Mul (x, h)
@@ -161,7 +177,8 @@ def test_constant_node_and_initializer_are_both_constants() -> None:
         c = Constant <value = float {{3.0}}> ()
         y = Mul (x, c)
     }}""")
-    m = first_match(g, Rule("r", lambda op, x: op.Mul(x, Const("k")), lambda op, m: m["x"]))
+    m = first_match(g, Rule(name="r", pattern=lambda op, x: op.Mul(x, Const("k")),
+                            rewrite=lambda op, m: m["x"]))
     assert float(m.const("k")) == 3.0
 
 
@@ -172,24 +189,25 @@ def test_constant_node_and_initializer_are_both_constants() -> None:
 def test_axes_as_attribute_or_input(opset: int, reduce: str) -> None:
     g = graph(f"""<ir_version: 8, opset_import: ["" : {opset}]>
     g (float[2,4] x) => (float[2,1] m) <int64[1] ax = {{-1}}> {{ {reduce} }}""")
-    rule = Rule("r", lambda op, x: op.ReduceMean(x, axes=Var("axes"), keepdims=1),
-                lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.ReduceMean(x, axes=Var("axes"), keepdims=1),
+                rewrite=lambda op, m: m["x"])
     assert first_match(g, rule).attr("axes") == [-1]
 
 
 def test_attribute_predicate_and_default_value() -> None:
     g = graph(f"""{HDR} g (float[2,4] x) => (float[2,4] y) {{ y = Softmax (x) }}""")
     # Softmax's axis defaults to -1 at opset 13+: an absent attribute matches its default.
-    yes = Rule("r", lambda op, x: op.Softmax(x, axis=-1), lambda op, m: m["x"])
-    no = Rule("r", lambda op, x: op.Softmax(x, axis=Attr(lambda a: a == 0)), lambda op, m: m["x"])
+    yes = Rule(name="r", pattern=lambda op, x: op.Softmax(x, axis=-1), rewrite=lambda op, m: m["x"])
+    no = Rule(name="r", pattern=lambda op, x: op.Softmax(x, axis=Attr(lambda a: a == 0)),
+              rewrite=lambda op, m: m["x"])
     assert first_match(g, yes) is not None and first_match(g, no) is None
 
 
 def test_symbolic_dims_must_agree() -> None:
     text = f"""{HDR} g (float[B,S,D] x, float[E] w) => (float[B,S,D] y) {{ y = Mul (x, w) }}"""
-    pattern = lambda op, x, w: op.Mul(  # noqa: E731
+    pattern = lambda op, x, w: op.Mul(
         Var("x", shape=["...", "D"]), Var("w", shape=["D"]))
-    rule = Rule("r", lambda op: pattern(op, None, None), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op: pattern(op, None, None), rewrite=lambda op, m: m["x"])
     assert first_match(graph(text), rule) is None
     assert first_match(graph(text.replace("float[E] w", "float[D] w")), rule) is not None
 
@@ -199,15 +217,15 @@ def test_pattern_with_two_outputs() -> None:
         a = Relu (x)
         b = Sigmoid (x)
     }}""")
-    rule = Rule("r", lambda op, x: (op.Relu(x), op.Sigmoid(x)),
-                lambda op, m: op.Split(m["x"], num_outputs=2, axis=0, _outputs=2))
+    rule = Rule(name="r", pattern=lambda op, x: (op.Relu(x), op.Sigmoid(x)),
+                rewrite=lambda op, m: op.Split(m["x"], num_outputs=2, axis=0, _outputs=2))
     m = first_match(g, rule)
     assert m is not None and m.outputs == ["a", "b"]
 
 
 def test_check_refuses_and_explains() -> None:
     g = graph(f"""{HDR} g (float[4] x) => (float[4] y) {{ y = Relu (x) }}""")
-    rule = Rule("relu", lambda op, x: op.Relu(x), lambda op, m: m["x"],
+    rule = Rule(name="relu", pattern=lambda op, x: op.Relu(x), rewrite=lambda op, m: m["x"],
                 check=lambda m: MatchFailure("not today"))
     assert apply_rules(g, [rule], "t") == 0
     [attempt] = explain(g, [rule])
@@ -219,7 +237,7 @@ def test_explain_reports_how_far_a_near_miss_got() -> None:
         a = Relu (x)
         y = Exp (a)
     }}""")
-    rule = Rule("r", lambda op, x: op.Exp(op.Sigmoid(x)), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Exp(op.Sigmoid(x)), rewrite=lambda op, m: m["x"])
     [attempt] = explain(g, [rule])
     assert attempt.depth == 1 and attempt.size == 2
     assert "expected Sigmoid, found Relu" in attempt.reason
@@ -232,14 +250,16 @@ def test_rewrite_runs_to_a_fixpoint_and_records_provenance() -> None:
         c = Neg (b)
         y = Neg (c)
     }}""")
-    rule = Rule("double-neg", lambda op, x: op.Neg(op.Neg(x)), lambda op, m: op.Identity(m["x"]))
+    rule = Rule(name="double-neg", pattern=lambda op, x: op.Neg(op.Neg(x)),
+                rewrite=lambda op, m: op.Identity(m["x"]))
     assert apply_rules(g, [rule], "negs") == 2
     created = [n for n in g.toposort() if n.op_type == "Identity"]
     assert created and all(n.metadata["onnxpass.pass"] == "negs" for n in created)
 
 
 def test_rule_is_skipped_when_a_required_op_is_absent() -> None:
-    rule = Rule("r", lambda op, x: op.Exp(op.Sigmoid(x)) | op.Exp(op.Tanh(x)), lambda op, m: m["x"])
+    rule = Rule(name="r", pattern=lambda op, x: op.Exp(op.Sigmoid(x)) | op.Exp(op.Tanh(x)),
+                rewrite=lambda op, m: m["x"])
     assert rule.required == {"Exp"}
     g = graph(f"""{HDR} g (float[4] x) => (float[4] y) {{ y = Relu (x) }}""")
     assert apply_rules(g, [rule], "t") == 0 and ops(g) == ["Relu"]
@@ -262,9 +282,11 @@ def test_shared_subpattern_may_feed_other_nodes_and_stays() -> None:
             bias = op.Mul(op.Cast(m, to=1), Const("big"))
             return op.Relu(op.Add(x, bias.shared() if shared else bias))
 
-        return Rule("r", pattern, lambda op, m: op.Where(m["m"], op.Relu(m["x"]), m["x"]))
+        return Rule(name="r", pattern=pattern,
+                    rewrite=lambda op, m: op.Where(m["m"], op.Relu(m["x"]), m["x"]))
 
     g = graph(text)
     assert apply_rules(g, [rule(shared=False)], "t") == 0  # bias feeds the other layer too
     assert apply_rules(g, [rule(shared=True)], "t") == 2
-    assert "Mul" not in ops(g.to_model())  # dropped once both layers were rewritten
+    g.remove_dead()
+    assert "Mul" not in ops(g.to_model())  # dead once both layers were rewritten

@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from onnxpass.cli import main
-from onnxpass.plugins import get_plugin
+from onnxpass.plugins import get_plugin, trt
 from onnxpass.plugins.kernels import get_kernel
 from onnxpass.plugins.kernels.base import _drop_hidden_params, cdiv, prod, static
 from onnxpass.plugins.kernels.check import kernels, sym
-from onnxpass.plugins import trt
 
 pytest.importorskip("triton", reason="the plugin kernels are written in Triton: pip install triton")
 

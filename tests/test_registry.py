@@ -33,13 +33,14 @@ def test_entry_point_passes_are_found(tmp_path: Path, monkeypatch: pytest.Monkey
             summary = "x * Sigmoid(x) -> Swish"
 
             def rules(self):
-                return [Rule("swish", lambda op, x: op.Mul(x, op.Sigmoid(x)),
-                             lambda op, m: op.HardSwish(m["x"]))]
+                return [Rule(name="swish", pattern=lambda op, x: op.Mul(x, op.Sigmoid(x)),
+                             rewrite=lambda op, m: op.HardSwish(m["x"]))]
     '''))
     dist = tmp_path / "ext_swish_passes-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ext-swish-passes\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[onnxpass.passes]\nswish = ext_swish_passes:SwishPass\n")
+    (dist / "entry_points.txt").write_text(
+        "[onnxpass.passes]\nswish = ext_swish_passes:SwishPass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(base, "_loaded_entry_points", False)
     try:

@@ -13,8 +13,7 @@ from onnx import TensorProto, helper
 
 from onnxpass import cli
 from onnxpass.errors import OnnxpassError
-from onnxpass.trt_build import bench as tb
-from onnxpass.trt_build import build as tbuild
+from onnxpass.trt_build import bench as tb, build as tbuild
 from tests.helpers import tensorrt_missing
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,5 +20,5 @@ class Softplus(PatternPass):
     summary = "log(1 + exp(x)) -> Softplus"
 
     def rules(self) -> list[Rule]:
-        return [Rule("softplus", softplus_pattern, check=check_softplus,
+        return [Rule(name="softplus", pattern=softplus_pattern, check=check_softplus,
                      rewrite=lambda op, m: op.Softplus(m["x"]))]

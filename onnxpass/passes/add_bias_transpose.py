@@ -27,11 +27,23 @@ re-emits it); Add and MatMul have none.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.dims import reshape_dims, reshape_to, same
 from onnxpass.passes.matmul2d import check_bias, gemm_2d
 from onnxpass.passes.normalize import FLOATS
-from onnxpass.patterns import Attr, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.patterns import (
+    Attr,
+    Const,
+    Match,
+    MatchFailure,
+    PatternOps,
+    PValue,
+    RewriteBuilder,
+    Rule,
+    Var,
+)
 
 PERMS = ([0, 2, 1, 3], [0, 2, 3, 1])
 
@@ -41,20 +53,28 @@ def _head_perm(perm: list[int]) -> bool:
     return list(perm) in PERMS
 
 
-def head_split(op, biased):  # type: ignore[no-untyped-def]
+def head_split(op: PatternOps, biased: PValue) -> PValue:
     split = op.Reshape(biased, Var("shape"), allowzero=Var("allowzero"))
     return op.Transpose(split, perm=Attr(_head_perm, "perm"))
 
 
-def plugin_pattern(op, x):  # type: ignore[no-untyped-def]
+def plugin_pattern(op: PatternOps, x: PValue) -> PValue:
     return head_split(op, op.Add(x, Const("bias")))
 
 
-def std_pattern(op, x, w, bias):  # type: ignore[no-untyped-def]
+def std_pattern(op: PatternOps, x: PValue, w: PValue, bias: PValue) -> PValue:
     return head_split(op, op.Add(op.MatMul(x, w), bias))
 
 
-def check(m: Match) -> MatchFailure | None:
+@dataclass(frozen=True)
+class HeadSplit:
+    """How the Reshape splits x's N features: H heads of d."""
+
+    heads: int
+    head_size: int
+
+
+def check(m: Match[HeadSplit]) -> HeadSplit | MatchFailure:
     xs = m.shape("x")
     if m.dtype("x") not in FLOATS:
         return MatchFailure(f"x has dtype {m.dtype('x')}, not a float type")
@@ -76,7 +96,7 @@ def check(m: Match) -> MatchFailure | None:
     return _check_split(m, n)
 
 
-def _check_row_vector(m: Match, n: int) -> MatchFailure | None:
+def _check_row_vector(m: Match[HeadSplit], n: int) -> MatchFailure | None:
     """The plugin's bias: N elements along the last dim, after leading 1s."""
     bs = m.shape("bias")
     if bs is None or m.dtype("bias") != m.dtype("x"):
@@ -86,8 +106,8 @@ def _check_row_vector(m: Match, n: int) -> MatchFailure | None:
     return None
 
 
-def _check_split(m: Match, n: int) -> MatchFailure | None:
-    """The Reshape turns (B, S, N) into (B, S, H, d): records H and d in m.facts."""
+def _check_split(m: Match[HeadSplit], n: int) -> HeadSplit | MatchFailure:
+    """The Reshape turns (B, S, N) into (B, S, H, d): how it splits N."""
     reshape = m.node("Reshape")
     xs = m.graph.shape(reshape.inputs[0])
     dims = reshape_dims(m.graph, reshape.inputs[0], m["shape"], reshape.outputs[0],
@@ -103,24 +123,23 @@ def _check_split(m: Match, n: int) -> MatchFailure | None:
         return MatchFailure(f"the Reshape to {dims} does not split {n} features into heads")
     if len(xs) == 3 and not (same(dims[0], xs[0]) and same(dims[1], xs[1])):  # type: ignore
         return MatchFailure(f"the Reshape to {dims} may not keep (B, S) of {xs}")
-    m.facts.update(heads=h, head_size=d)
-    return None
+    return HeadSplit(heads=h, head_size=d)
 
 
-def emit_std(op: RewriteBuilder, m: Match) -> str:
+def emit_std(op: RewriteBuilder, m: Match[HeadSplit]) -> str:
     y2 = gemm_2d(op, m, "bias")
     if m.rank("x") == 2:  # the Reshape's target already works on the 2-D product
         split = op.Reshape(y2, m["shape"], allowzero=m.attr("allowzero") or None)
     else:
-        split = reshape_to(op, m.graph, y2, m["x"], 2, [m.facts["heads"], m.facts["head_size"]])
+        split = reshape_to(op, m.graph, y2, m["x"], 2, [m.facts.heads, m.facts.head_size])
     return op.Transpose(split, perm=m.attr("perm"))
 
 
-def emit_plugin(op: RewriteBuilder, m: Match) -> str:
+def emit_plugin(op: RewriteBuilder, m: Match[HeadSplit]) -> str:
     bias = m["bias"]
     if m.rank("bias") != 1:
         bias = op.const(m.const("bias").reshape(-1), hint="bias")
-    return op.plugin("AddBiasTransposePlugin", m["x"], bias, num_heads=m.facts["heads"],
+    return op.plugin("AddBiasTransposePlugin", m["x"], bias, num_heads=m.facts.heads,
                      perm=m.attr("perm"))
 
 
@@ -133,6 +152,6 @@ class AddBiasTranspose(PatternPass):
     default_form = "std"
 
     def rules(self) -> list[Rule]:
-        if self.form == "plugin":
-            return [Rule("add_bias_transpose", plugin_pattern, check=check, rewrite=emit_plugin)]
-        return [Rule("add_bias_transpose", std_pattern, check=check, rewrite=emit_std)]
+        plugin = self.form == "plugin"
+        return [Rule(name="add_bias_transpose", pattern=plugin_pattern if plugin else std_pattern,
+                     check=check, rewrite=emit_plugin if plugin else emit_std)]

@@ -41,10 +41,11 @@ which gives the same scores for any |s| < 2^103. Batch and head dims that shape 
 unknown are taken to be equal (exporters' head splits make them so).
 
 Refused, with the reason shown by ``onnxpass match --explain``: Q/K/V of unknown rank or not 3-D
-or 4-D; a scale that is neither a constant scalar nor one factor per head; Softmax over another axis; Casts that change the
-output dtype; a Where fill other than -inf or float32's lowest value (an additive mask cannot
-reproduce a finite fill on a fully masked row); and in std and plugin form batch or head dims
-that MatMul broadcasts and Attention does not, a mask that broadcasts the scores to a bigger shape.
+or 4-D; a scale that is neither a constant scalar nor one factor per head; Softmax over another
+axis; Casts that change the output dtype; a Where fill other than -inf or float32's lowest value
+(an additive mask cannot reproduce a finite fill on a fully masked row); and in std and plugin
+form batch or head dims that MatMul broadcasts and Attention does not, a mask that broadcasts the
+scores to a bigger shape.
 
 Constants: scales are bound (any finite nonzero value, folded exactly as written); the guard's
 0 exactly; a constant scale or fill may not broadcast the scores to a bigger shape.
@@ -63,28 +64,38 @@ must hold their defaults.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from onnx import TensorProto
 
-from onnxpass.passes.attention_emit import TERMS, Core, emit_fused, emit_native, emit_trt, lowest
-from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.attention_emit import (
+    TERMS,
+    Core,
+    emit_fused,
+    emit_native_trt,
+    emit_trt,
+    lowest,
+    native_plugin_args,
+)
+from onnxpass.passes.base import PatternPass, native_pattern, native_plugin_rule, register
 from onnxpass.passes.normalize import FLOATS
-from onnxpass.patterns import Alt, Const, Match, MatchFailure, Rule, Var
+from onnxpass.patterns import Alt, Const, Match, MatchFailure, PatternOps, PValue, Rule, Var
 
 SCALES = ("q_scale", "k_scale", "kt_scale", "s_scale")
 _LOWEST_F32 = -(2.0 ** 127)  # float32 finfo.min is below this; |s| < 2^103 vanishes against it
 
 
-def make_pattern(fold_q: bool):  # type: ignore[no-untyped-def]
+def make_pattern(fold_q: bool) -> Callable[[PatternOps, PValue, PValue, PValue], PValue]:
     """The attention core; with ``fold_q`` Q may also be matched with its projection."""
 
-    def attention_pattern(op, q, k, v):  # type: ignore[no-untyped-def]
-        def scaled(x, name):  # type: ignore[no-untyped-def]
+    def attention_pattern(op: PatternOps, q: PValue, k: PValue, v: PValue) -> PValue:
+        def scaled(x: PValue, name: str) -> PValue:
             return Alt(mul=op.Mul(x, Const(name)), div=op.Div(x, Const(name)), none=x, tag=name)
 
-        def casts(x, name):  # type: ignore[no-untyped-def]  # up to two, to the same type
+        def casts(x: PValue, name: str) -> PValue:  # up to two, to the same type
             return op.Cast(op.Cast(x, to=Var(name)).optional(), to=Var(name)).optional()
 
         if fold_q:
@@ -113,7 +124,7 @@ def make_pattern(fold_q: bool):  # type: ignore[no-untyped-def]
     return attention_pattern
 
 
-def check_attention(m: Match, form: str) -> MatchFailure | None:
+def check_attention(m: Match[Core], form: str) -> Core | MatchFailure:
     q = "q" if m.get("q") else "x_q"
     if m.dtype(q) not in FLOATS or m.dtype("v") != m.dtype(q):
         return MatchFailure(f"Q/V dtypes {m.dtype(q)}/{m.dtype('v')} are not one float type")
@@ -133,15 +144,19 @@ def check_attention(m: Match, form: str) -> MatchFailure | None:
     dt = m.dtype("v")
     sdt = m.attr("cast_in") if "cast_in" in m else dt
     out = m.attr("cast_out") if "cast_out" in m else sdt
-    if out != dt or sdt not in FLOATS:
+    if dt is None or sdt is None or out != dt or sdt not in FLOATS:
         return MatchFailure(f"Softmax runs in type {sdt} and returns {out}; Q is {dt}")
     core = Core(r, scale, dt, sdt, k_perm, kt_perm, expand_mask=False, head_scale=head_scale)
-    for check in (_check_trt,) if form == "trt" else (_check_shapes, _check_fused):
-        failure = check(m, core, form)
-        if failure is not None:  # (a MatchFailure is falsy)
-            return failure
-    m.facts["core"] = core
-    return None
+    if form == "trt":
+        failure = _check_trt(m, core)
+        return core if failure is None else failure
+    expand_mask = _check_shapes(m, core)
+    if isinstance(expand_mask, MatchFailure):
+        return expand_mask
+    raise_lowest = _check_fused(m, core, form)
+    if isinstance(raise_lowest, MatchFailure):
+        return raise_lowest
+    return replace(core, expand_mask=expand_mask, raise_lowest=raise_lowest)
 
 
 def _scale(m: Match, rank: int) -> tuple[float, np.ndarray | None] | MatchFailure:
@@ -176,7 +191,8 @@ def _k_layout(m: Match, r: int) -> tuple[Any, list[int] | None]:
         start, end = m.const("k_start").reshape(-1), m.const("k_end").reshape(-1)
         if m.attr("k_shape_end") is not None or start.size != 1 or end.size != 1 or not (
                 (start[0] == 0 or start[0] <= -r) and end[0] >= r):
-            return MatchFailure("K's Reshape-Transpose-Reshape does not swap its last two dims"), None
+            why = "K's Reshape-Transpose-Reshape does not swap its last two dims"
+            return MatchFailure(why), None
         ks = m.shape("k")
         if (m.attr("k_az_flat") or m.attr("k_az_unflat")) and not (
                 ks and all(isinstance(d, int) and d > 0 for d in ks)):
@@ -191,9 +207,10 @@ def _k_layout(m: Match, r: int) -> tuple[Any, list[int] | None]:
     return (None if k_perm == list(range(r)) else k_perm), perm
 
 
-def _check_shapes(m: Match, core: Core, form: str) -> MatchFailure | None:
+def _check_shapes(m: Match[Core], core: Core) -> bool | MatchFailure:
     """Batch and head dims must agree where MatMul would broadcast them (Attention does not);
-    masks must not broadcast the scores up. Unknown dims are taken to agree."""
+    masks must not broadcast the scores up. Unknown dims are taken to agree. Returns whether
+    the mask must be expanded to (.., S, L)."""
     qs = m.shape("q") if m.get("q") else None
     ks, vs = m.shape("k"), m.shape("v")
     if ks is not None and core.k_perm is not None:
@@ -217,9 +234,7 @@ def _check_shapes(m: Match, core: Core, form: str) -> MatchFailure | None:
         if scores is not None and any(isinstance(a, int) and isinstance(b, int) and a not in (1, b)
                                       for a, b in zip(shape[::-1], scores[::-1])):
             return MatchFailure(f"{name} of shape {shape} does not broadcast to scores {scores}")
-    core.expand_mask = not any(_ends_in(m.shape(n), scores) for n in (*TERMS, "cond")
-                               if m.get(n))
-    return None
+    return not any(_ends_in(m.shape(n), scores) for n in (*TERMS, "cond") if m.get(n))
 
 
 def _ends_in(shape: Any, scores: Any) -> bool:
@@ -228,25 +243,20 @@ def _ends_in(shape: Any, scores: Any) -> bool:
         a is not None and a == b for a, b in zip(shape[-2:], scores[-2:])))
 
 
-def _check_fused(m: Match, core: Core, form: str) -> MatchFailure | None:
+def _check_fused(m: Match[Core], core: Core, form: str) -> bool | MatchFailure:
+    """Returns whether std's attn_mask may hold the dtype's lowest value (see emit_fused)."""
     if m.tag("where") != "none":
         fill = m.const("fill")
         f = float(fill.reshape(-1)[0]) if fill.size == 1 else math.nan
         if not (f == -math.inf or (f <= _LOWEST_F32 and m.dtype("fill") == TensorProto.FLOAT)):
             return MatchFailure(f"Where fills masked scores with {fill.reshape(-1)[:2].tolist()}: "
                                 f"an additive mask gives a fully masked row another result")
-    core.raise_lowest = form == "std" and any(
-        not m.is_const(n) or (m.const(n) == lowest(core.dtype)).any() for n in TERMS if m.get(n))
-    if form == "plugin":
-        opset = m.graph.opset()
-        if opset < 13:
-            return MatchFailure(f"AttentionPlugin needs opset >= 13, the model has {opset}")
-        if opset < 15 and {core.dtype, core.softmax_dtype} != {TensorProto.FLOAT}:
-            return MatchFailure("a non-float32 AttentionPlugin needs opset >= 15")
-    return None
+    return form == "std" and any(
+        not m.is_const(n) or bool((m.const(n) == lowest(core.dtype)).any())
+        for n in TERMS if m.get(n))
 
 
-def _check_trt(m: Match, core: Core, form: str) -> MatchFailure | None:
+def _check_trt(m: Match[Core], core: Core) -> MatchFailure | None:
     if m.tag("q_proj") == "proj":
         if core.head_scale is not None:
             return MatchFailure("a per-head scale is not folded into Q's projection")
@@ -278,25 +288,30 @@ class Attention(PatternPass):
         form = self.form or "std"
         rewrite = (lambda op, m: emit_trt(op, m)) if form == "trt" else (
             lambda op, m: emit_fused(op, m, form))
-        fuse = Rule("attention", make_pattern(fold_q=form == "trt"),
+        fuse = Rule(name="attention", pattern=make_pattern(fold_q=form == "trt"),
                     check=lambda m: check_attention(m, form), rewrite=rewrite)
         if form == "std":
             return [fuse]
-        return [fuse, Rule("attention-native", _native_pattern, check=_check_native,
-                           rewrite=lambda op, m: emit_native(op, m, form))]
+        if form == "plugin":
+            return [fuse, native_plugin_rule("attention-native", "Attention", "AttentionPlugin",
+                                             _NATIVE_INPUTS, attrs=_NATIVE_ATTRS, optional=1,
+                                             check=_check_native, convert=native_plugin_args)]
+        native = native_pattern("Attention", _NATIVE_INPUTS, _NATIVE_ATTRS, optional=1)
+        return [fuse, Rule(name="attention-native", pattern=native, check=_check_native,
+                           rewrite=emit_native_trt)]
 
 
 # ---- an exporter's own Attention (dynamo at opset 23), in plugin and trt form -----------------
 
-def _native_pattern(op, q, k, v):  # type: ignore[no-untyped-def]
-    attrs = {"is_causal": 0, "softcap": 0.0, "scale": Var("scale"), "q_num_heads": Var("heads"),
-             "softmax_precision": Var("softmax_precision")}
-    return op.Attention(q, k, v, Var("attn_mask"), **attrs) | op.Attention(q, k, v, **attrs)
+_NATIVE_INPUTS = ("q", "k", "v", "attn_mask")
+_NATIVE_ATTRS = {"is_causal": 0, "softcap": 0.0, "scale": Var("scale"), "q_num_heads": Var("heads"),
+                 "softmax_precision": Var("softmax_precision")}
 
 
-def _check_native(m: Match) -> MatchFailure | None:
-    dt, shapes = m.dtype("q"), [m.shape(n) for n in ("q", "k", "v")]
-    if m.attr("heads") is not None or any(s is None or len(s) != 4 for s in shapes):
+def _check_native(m: Match[None]) -> MatchFailure | None:
+    dt = m.dtype("q")
+    shapes = [s for s in (m.shape(n) for n in ("q", "k", "v")) if s is not None and len(s) == 4]
+    if m.attr("heads") is not None or len(shapes) != 3:
         return MatchFailure("not the 4-D form of Attention")
     heads = [s[1] for s in shapes]
     if not all(isinstance(h, int) for h in heads) or any(h not in (1, heads[0]) for h in heads):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -13,7 +14,7 @@ from onnxpass.patterns import Match, RewriteBuilder
 TERMS = ("bias", "mask")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Core:
     """What the check worked out for the rewrite."""
 
@@ -28,9 +29,9 @@ class Core:
     head_scale: np.ndarray | None = None  # (1, H, 1, 1): one more factor per head, put on Q
 
 
-def emit_fused(op: RewriteBuilder, m: Match, form: str) -> str:
+def emit_fused(op: RewriteBuilder, m: Match[Core], form: str) -> str:
     """std: Attention(Q, K, V, attn_mask); plugin: AttentionPlugin(q, k, v, mask). 4-D."""
-    c: Core = m.facts["core"]
+    c = m.facts
     q, v = m["q"], m["v"]
     if c.head_scale is not None:
         q = op.Mul(q, op.const(c.head_scale.astype(helper.tensor_dtype_to_np_dtype(c.dtype))))
@@ -55,9 +56,9 @@ def emit_fused(op: RewriteBuilder, m: Match, form: str) -> str:
     return op.Squeeze(y, one) if c.rank == 3 else y
 
 
-def emit_trt(op: RewriteBuilder, m: Match) -> str:
+def emit_trt(op: RewriteBuilder, m: Match[Core]) -> str:
     """MatMul(Q', K^T) [-> masks] -> Softmax -> MatMul(p, V), all of the scale in Q'."""
-    c: Core = m.facts["core"]
+    c = m.facts
     if m.tag("q_proj") == "proj":
         q = op.MatMul(m["x_q"], op.const(m.const("w_q") * _np(c.dtype, c.scale)))
         if m.get("b_q"):
@@ -91,7 +92,7 @@ def _softmax_matmul(op: RewriteBuilder, s: str, v: str, dt: int, sdt: int, guard
     return op.Where(op.IsNaN(y), op.const(_np(dt, 0.0)), y) if guard else y
 
 
-def _additive_mask(op: RewriteBuilder, m: Match, raise_lowest: bool) -> str | None:
+def _additive_mask(op: RewriteBuilder, m: Match[Core], raise_lowest: bool) -> str | None:
     """The sum of every additive term, the Where mask turned into Where(cond, 0, fill)."""
     terms = [m[n] for n in TERMS if m.get(n)]
     if m.tag("where") != "none":
@@ -109,12 +110,16 @@ def _additive_mask(op: RewriteBuilder, m: Match, raise_lowest: bool) -> str | No
     return total
 
 
-def _mask_shape(op: RewriteBuilder, m: Match) -> str:
+def _mask_shape(op: RewriteBuilder, m: Match[Core]) -> str:
     """(1, 1, S, L): S is Q's dim -2, L is V's; a constant when both are known."""
     dims = [(m.shape(n) or (None, None))[-2] for n in ("q", "v")]
     if all(isinstance(d, int) for d in dims):
         return op.const(np.array([1, 1, *dims], np.int64))
-    parts = [op.Shape(m[n], start=m.rank(n) - 2, end=m.rank(n) - 1) for n in ("q", "v")]
+    parts = []
+    for n in ("q", "v"):
+        rank = m.rank(n)
+        assert rank is not None  # a value with a dim -2 has a rank
+        parts.append(op.Shape(m[n], start=rank - 2, end=rank - 1))
     return op.Concat(op.const(np.ones(2, np.int64)), *parts, axis=0)
 
 
@@ -131,18 +136,29 @@ def _np(dtype: int, value: float) -> np.ndarray:
     return np.array(value, helper.tensor_dtype_to_np_dtype(dtype))
 
 
-def emit_native(op: RewriteBuilder, m: Match, form: str) -> str:
-    """An exporter's own Attention as AttentionPlugin or as the trt chain."""
+def _native(op: RewriteBuilder, m: Match[None]) -> tuple[int, float, int, str | None]:
+    """An exporter's own Attention: Q's dtype, the scale, the softmax dtype, the additive mask."""
     dt = m.dtype("q")
+    assert dt is not None  # _check_native: Q is a float type
     scale = m.attr("scale")
     scale = 1 / math.sqrt(m.shape("q")[-1]) if scale is None else scale  # type: ignore[index]
     sdt = m.attr("softmax_precision") or dt
     mask = m.get("attn_mask")
     if mask and m.dtype("attn_mask") == TensorProto.BOOL:  # True takes part
         mask = op.Where(mask, op.const(_np(dt, 0.0)), op.const(_np(dt, -math.inf)))
-    if form == "plugin":
-        return op.plugin("AttentionPlugin", m["q"], m["k"], m["v"], mask or op.const(_np(dt, 0.0)),
-                         scale=scale, softmax_precision=sdt)
+    return dt, scale, sdt, mask  # type: ignore[return-value]
+
+
+def native_plugin_args(op: RewriteBuilder, m: Match[None]) -> tuple[list[str], dict[str, Any]]:
+    """An exporter's own Attention as AttentionPlugin's inputs and attributes."""
+    dt, scale, sdt, mask = _native(op, m)
+    return ([m["q"], m["k"], m["v"], mask or op.const(_np(dt, 0.0))],
+            {"scale": scale, "softmax_precision": sdt})
+
+
+def emit_native_trt(op: RewriteBuilder, m: Match[None]) -> str:
+    """An exporter's own Attention as the trt chain."""
+    dt, scale, sdt, mask = _native(op, m)
     q = m["q"] if scale == 1.0 else op.Mul(m["q"], op.const(_np(dt, scale)))
     s = op.MatMul(q, op.Transpose(m["k"], perm=[0, 1, 3, 2]))
     return _softmax_matmul(op, op.Add(s, mask) if mask else s, m["v"], dt, sdt, guard=bool(mask))

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from onnxpass.errors import UnknownPassError
-from onnxpass.graph import Graph, RewriteRefused, convert_opset
-from onnxpass.patterns.matcher import Tracer
-from onnxpass.patterns.rule import Rule, apply_rules
+from onnxpass.graph import Graph, convert_opset
+from onnxpass.patterns import Alt, PatternOps, PValue, Var
+from onnxpass.patterns.rule import (
+    NEWEST_OPSET,
+    Attempt,
+    Match,
+    RewriteBuilder,
+    Rule,
+    apply_rules,
+    explain,
+    find_matches,
+)
+from onnxpass.plugins.base import all_plugins
 
 
 @dataclass
@@ -50,7 +60,8 @@ class Pass:
 
 class PatternPass(Pass):
     """A pass made of rules. ``rules()`` builds them for ``self.form``; ``required_opset``
-    names the default-domain opset the replacement needs, raised only when a rule matches."""
+    names the default-domain opset the replacement needs. The model's opset is raised, only
+    when a rule matches, to that and to what the matches' plugin nodes need (their spec says)."""
 
     required_opset: ClassVar[dict[str, int]] = {}
 
@@ -58,17 +69,32 @@ class PatternPass(Pass):
         raise NotImplementedError
 
     def run(self, ctx: PassContext) -> int:
-        rules = self._rules()
-        need = self.required_opset.get(self.form or "", 0)
-        if self.form == "plugin":  # plugin reference bodies are written for opset >= min_opset
-            need = max(need, _plugin_min_opset())
-        if need > ctx.graph.opset() and self._any_match(ctx.graph, rules):
-            old = ctx.graph.opset()
-            ctx.graph = convert_opset(ctx.graph, need, f"{self.label}")
-            ctx.notes.append(f"{self.label}: raised the model's opset {old} -> {need}")
-        elif need > ctx.graph.opset():
+        opset = self.target_opset(ctx.graph)
+        if opset is None:
             return 0
-        return apply_rules(ctx.graph, rules, self.name)
+        if opset > ctx.graph.opset():
+            old = ctx.graph.opset()
+            ctx.graph = convert_opset(ctx.graph, opset, f"{self.label}")
+            ctx.notes.append(f"{self.label}: raised the model's opset {old} -> {opset}")
+        return apply_rules(ctx.graph, self._rules(), self.name)
+
+    def target_opset(self, graph: Graph) -> int | None:
+        """The opset this pass runs the model at: its own, or raised to what the form and the
+        accepted matches' plugin nodes need; None when it would need raising and nothing
+        matches (the model is left as it is)."""
+        opset = graph.opset()
+        need = self.required_opset.get(self.form or "", 0)
+        if opset >= max(need, _HIGHEST_PLUGIN_OPSET):  # nothing a match builds needs more
+            return opset
+        found = [f.op.opset for f in find_matches(graph, self._rules(), max_opset=NEWEST_OPSET,
+                                                  pass_name=self.name) if f.op is not None]
+        if not found:
+            return None if need > opset else opset
+        return max(opset, need, *found)
+
+    def explain(self, graph: Graph) -> list[Attempt]:
+        """Where each rule matches or why not, as :meth:`run` would decide at ``graph``."""
+        return explain(graph, self._rules(), max_opset=self.target_opset(graph) or graph.opset())
 
     def _rules(self) -> list[Rule]:
         cached = getattr(self, "_rule_cache", None)
@@ -77,24 +103,40 @@ class PatternPass(Pass):
             self._rule_cache = cached
         return cached
 
-    def _any_match(self, graph: Graph, rules: Sequence[Rule]) -> bool:
-        present = graph.op_types()
-        for node in graph.live_nodes():
-            for r in rules:
-                if r.required <= present and (r.roots is None or node.op_type in r.roots):
-                    for m in r.matches_at(graph, node, Tracer()):
-                        try:  # a match the rewrite would refuse raises no opset
-                            graph.check_self_contained(m.nodes, m.outputs)
-                        except RewriteRefused:
-                            continue
-                        return True
-        return False
+
+# No plugin body needs a higher opset than this for any dtype: above it no match raises one.
+_HIGHEST_PLUGIN_OPSET = max(max(s.min_opset, s.typed_opset) for s in all_plugins())
 
 
-def _plugin_min_opset() -> int:
-    from onnxpass.plugins.base import all_plugins
+def native_pattern(op_type: str, inputs: Sequence[str], attrs: Mapping[str, Any], *,
+                   optional: int = 0) -> Callable[..., Any]:
+    """The pattern of an exporter's own ``op_type`` node: Vars named ``inputs`` (the last
+    ``optional`` of them may be absent), attributes as ``attrs`` says (a Var binds one)."""
+    def pattern(op: PatternOps) -> PValue:
+        values = [Var(n) for n in inputs]
+        forms = [getattr(op, op_type)(*values[:len(values) - k], **attrs)
+                 for k in range(optional + 1)]
+        return Alt(*forms) if len(forms) > 1 else forms[0]
 
-    return max(s.min_opset for s in all_plugins())
+    return pattern
+
+
+PluginArgs = tuple[Sequence[str], dict[str, Any]]
+
+
+def native_plugin_rule(name: str, op_type: str, plugin: str, inputs: Sequence[str], *,
+                       attrs: Mapping[str, Any], optional: int = 0,
+                       convert: Callable[[RewriteBuilder, Match[Any]], PluginArgs],
+                       check: Callable[[Match[Any]], Any] | None = None) -> Rule:
+    """The rule that turns an exporter's own ``op_type`` node (LayerNormalization, Gelu,
+    Attention) into its ``plugin`` node: ``convert(op, m)`` gives the plugin's inputs and
+    attributes. The plugin spec decides dtypes and opset (a refusal leaves the node)."""
+    def rewrite(op: RewriteBuilder, m: Match[Any]) -> str:
+        args, values = convert(op, m)
+        return op.plugin(plugin, *args, **values)
+
+    return Rule(name=name, pattern=native_pattern(op_type, inputs, attrs, optional=optional),
+                rewrite=rewrite, check=check)
 
 
 _PASSES: dict[str, type[Pass]] = {}
@@ -121,8 +163,8 @@ def registry() -> dict[str, type[Pass]]:
     """All passes: built-in ones and those published under the ``onnxpass.passes`` entry point
     group (each entry point names a module or a Pass subclass)."""
     global _loaded_entry_points
-    from onnxpass.passes import builtin  # noqa: F401  (registers the built-in passes)
-
+    # The built-in passes registered themselves when onnxpass.passes was imported (its
+    # __init__ loads passes/builtin.py once): nothing here imports upward.
     if not _loaded_entry_points:
         _loaded_entry_points = True
         for ep in entry_points(group="onnxpass.passes"):

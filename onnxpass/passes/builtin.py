@@ -1,12 +1,20 @@
 """Registers the passes and pipelines that ship with onnxpass."""
 
-from onnxpass.passes import cleanup, gelu, layernorm  # noqa: F401
-from onnxpass.passes import attention  # noqa: F401
-from onnxpass.passes import l2norm  # noqa: F401
-from onnxpass.passes import mask2pos, masked_softmax  # noqa: F401
-from onnxpass.passes import add_bias_transpose, const_slice, matmul2d, tile  # noqa: F401
-from onnxpass.passes import shape_of  # noqa: F401
-from onnxpass.passes import fp16  # noqa: F401
+from onnxpass.passes import (  # noqa: F401  # noqa: F401  # noqa: F401
+    add_bias_transpose,
+    attention,
+    cleanup,
+    const_slice,
+    fp16,
+    gelu,
+    l2norm,
+    layernorm,
+    mask2pos,
+    masked_softmax,
+    matmul2d,
+    shape_of,
+    tile,
+)
 from onnxpass.passes.base import register_pipeline
 
 register_pipeline("cleanup", ["noop", "cse", "dce"])

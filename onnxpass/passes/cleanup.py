@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import onnx
 
 from onnxpass.graph import Graph, Node, node_metadata, restore_node_metadata
@@ -57,24 +60,25 @@ class NoOp(PatternPass):
                "Transpose/Reshape, x*1, x/1, x+0, x-0")
 
     def rules(self) -> list[Rule]:
-        same = lambda op, m: m["x"]  # noqa: E731
         kept = {"to": IRRELEVANT, "saturate": IRRELEVANT, "round_mode": IRRELEVANT}
         return [
-            Rule("identity", lambda op, x: op.Identity(x), same, _keeps_shape),
-            Rule("dropout", lambda op, x: op.Dropout(x), same, _keeps_shape),
-            Rule("cast", lambda op, x: op.Cast(x, **kept), same, _keeps_shape),
-            Rule("castlike", lambda op, x, like: op.CastLike(x, like, saturate=IRRELEVANT,
-                                                             round_mode=IRRELEVANT),
-                 same, _keeps_shape),
-            Rule("transpose", lambda op, x: op.Transpose(x, perm=Attr(_identity_perm)), same,
-                 _keeps_shape),
-            Rule("reshape", lambda op, x, shape: op.Reshape(x, shape, allowzero=IRRELEVANT),
-                 same, _keeps_shape),
-            Rule("mul-one", lambda op, x: op.Mul(x, Const(value=1.0)), same, _keeps_shape),
-            Rule("div-one", lambda op, x: op.Div(x, Const(value=1.0)), same, _keeps_shape),
-            Rule("add-zero", lambda op, x: op.Add(x, Const(value=0.0)), same, _keeps_shape),
-            Rule("sub-zero", lambda op, x: op.Sub(x, Const(value=0.0)), same, _keeps_shape),
+            _noop("identity", lambda op, x: op.Identity(x)),
+            _noop("dropout", lambda op, x: op.Dropout(x)),
+            _noop("cast", lambda op, x: op.Cast(x, **kept)),
+            _noop("castlike", lambda op, x, like: op.CastLike(x, like, saturate=IRRELEVANT,
+                                                              round_mode=IRRELEVANT)),
+            _noop("transpose", lambda op, x: op.Transpose(x, perm=Attr(_identity_perm))),
+            _noop("reshape", lambda op, x, shape: op.Reshape(x, shape, allowzero=IRRELEVANT)),
+            _noop("mul-one", lambda op, x: op.Mul(x, Const(value=1.0))),
+            _noop("div-one", lambda op, x: op.Div(x, Const(value=1.0))),
+            _noop("add-zero", lambda op, x: op.Add(x, Const(value=0.0))),
+            _noop("sub-zero", lambda op, x: op.Sub(x, Const(value=0.0))),
         ]
+
+
+def _noop(name: str, pattern: Callable[..., Any]) -> Rule:
+    """A rule that replaces the op by its input x where that keeps x's shape."""
+    return Rule(name=name, pattern=pattern, rewrite=lambda op, m: m["x"], check=_keeps_shape)
 
 
 # Dropout: random in training mode; two of them are two different masks.

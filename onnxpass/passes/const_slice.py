@@ -26,6 +26,10 @@ merged Reshape keeps the outer one's).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
 import numpy as np
 import onnx
 from onnx import helper
@@ -34,7 +38,17 @@ from onnx.reference import ReferenceEvaluator
 from onnxpass.graph import Node
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.dims import reshape_dims, same, same_shape
-from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.patterns import (
+    Alt,
+    Const,
+    Match,
+    MatchFailure,
+    PatternOps,
+    PValue,
+    RewriteBuilder,
+    Rule,
+    Var,
+)
 
 # op -> numbers of inputs it may have (attributes moved to inputs, like Unsqueeze's axes, are
 # read by the graph layer and not counted)
@@ -44,16 +58,17 @@ MAX_SPLIT_OUTPUTS = 8
 MAX_GROWTH_BYTES = 16 << 20
 
 
-def fold_pattern(op):  # type: ignore[no-untyped-def]
+def fold_pattern(op: PatternOps) -> PValue:
     return Alt(*[getattr(op, name)(*[Const() for _ in range(k)], _any_attrs=True)
                  for name, arities in FOLDABLE.items() for k in arities])
 
 
-def split_pattern(outputs: int):  # type: ignore[no-untyped-def]
+def split_pattern(outputs: int) -> Callable[[PatternOps], tuple[PValue, ...]]:
     return lambda op: op.Split(Const("data"), _outputs=outputs, _any_attrs=True)
 
 
-def check_fold(m: Match) -> MatchFailure | None:
+def check_fold(m: Match[list[np.ndarray]]) -> list[np.ndarray] | MatchFailure:
+    """The folded values."""
     node = m.nodes[0]
     if not all(m.graph.is_const(i) for i in node.inputs if i):
         return MatchFailure("an input in attribute position (axes) is computed")
@@ -62,61 +77,66 @@ def check_fold(m: Match) -> MatchFailure | None:
     size_out = sum(v.nbytes for v in values)
     if size_out > max(MAX_GROWTH_BYTES, size_in):
         return MatchFailure(f"folding makes {size_out} bytes of constants out of {size_in}")
-    m.facts["values"] = values
-    return None
+    return values
 
 
 def evaluate_alone(m: Match) -> list[np.ndarray]:
     """The matched node run alone by ONNX's reference implementation at the model's opset."""
     node, g = m.nodes[0], m.graph
-    feeds = {i: g.const_value(i) for i in dict.fromkeys(node.inputs) if i}
+    # the check folds only nodes whose inputs are all constants
+    feeds = cast(dict[str, np.ndarray],
+                 {i: g.const_value(i) for i in dict.fromkeys(node.inputs) if i})
     graph = helper.make_graph(
         [node.to_proto()], "fold",
         [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-         for i, v in feeds.items()],  # type: ignore[union-attr]
+         for i, v in feeds.items()],
         [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", g.opset())])
     return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds)]
 
 
-def emit_fold(op: RewriteBuilder, m: Match) -> str | tuple[str, ...]:
-    names = tuple(op.const(v, hint="folded") for v in m.facts["values"])
+def emit_fold(op: RewriteBuilder, m: Match[list[np.ndarray]]) -> str | tuple[str, ...]:
+    names = tuple(op.const(v, hint="folded") for v in m.facts)
     return names[0] if len(names) == 1 else names
 
 
-def transpose_pair(op, x):  # type: ignore[no-untyped-def]
+def transpose_pair(op: PatternOps, x: PValue) -> PValue:
     return op.Transpose(op.Transpose(x, perm=Var("inner")), perm=Var("outer"))
 
 
-def check_transpose_pair(m: Match) -> MatchFailure | None:
+def check_transpose_pair(m: Match[list[int]]) -> list[int] | MatchFailure:
+    """The one permutation the pair amounts to."""
     rank = m.rank("x")
     inner, outer = m.attr("inner"), m.attr("outer")
     if (inner is None or outer is None) and rank is None:
         return MatchFailure("a Transpose reverses the dims of a tensor of unknown rank")
     inner = list(inner) if inner is not None else list(range(rank))[::-1]  # type: ignore[arg-type]
     outer = list(outer) if outer is not None else list(range(len(inner)))[::-1]
-    m.facts["perm"] = [inner[k] for k in outer]  # y[i] = t[outer[i]] = x[inner[outer[i]]]
-    return None
+    return [inner[k] for k in outer]  # y[i] = t[outer[i]] = x[inner[outer[i]]]
 
 
-def emit_transpose_pair(op: RewriteBuilder, m: Match) -> str:
-    perm = m.facts["perm"]
+def emit_transpose_pair(op: RewriteBuilder, m: Match[list[int]]) -> str:
+    perm = m.facts
     return m["x"] if perm == sorted(perm) else op.Transpose(m["x"], perm=perm)
 
 
-def reshape_pair(op, x):  # type: ignore[no-untyped-def]
+def reshape_pair(op: PatternOps, x: PValue) -> PValue:
     mid = op.Reshape(x, Var("a"), allowzero=Var("allowzero_a"))
     return op.Reshape(mid, Var("b"), allowzero=Var("allowzero_b"))
 
 
-def check_reshape_pair(m: Match) -> MatchFailure | None:
+@dataclass(frozen=True)
+class ReshapePair:
+    identity: bool  # the pair gives x's own shape: drop both
+
+
+def check_reshape_pair(m: Match[ReshapePair]) -> ReshapePair | MatchFailure:
     inner, outer = _reshapes(m)
     mid = reshape_dims(m.graph, m["x"], m["a"], inner.outputs[0], m.attr("allowzero_a") or 0)
     out = reshape_dims(m.graph, inner.outputs[0], m["b"], outer.outputs[0],
                        m.attr("allowzero_b") or 0, in_dims=mid)
     if same_shape(out, m.shape("x")):
-        m.facts["identity"] = True
-        return None
+        return ReshapePair(identity=True)
     b = m.graph.const_value(m["b"])
     if b is None:
         return MatchFailure(f"the result {out} is not provably x's shape {m.shape('x')} and the "
@@ -126,8 +146,7 @@ def check_reshape_pair(m: Match) -> MatchFailure | None:
     for i in copied:
         if mid is None or i >= len(xs) or not same(mid[i], xs[i]):
             return MatchFailure(f"the second target copies dim {i}, which the first one changed")
-    m.facts["identity"] = False
-    return None
+    return ReshapePair(identity=False)
 
 
 def _reshapes(m: Match) -> tuple[Node, Node]:
@@ -136,8 +155,8 @@ def _reshapes(m: Match) -> tuple[Node, Node]:
     return (a, b) if a.inputs[0] == m["x"] else (b, a)
 
 
-def emit_reshape_pair(op: RewriteBuilder, m: Match) -> str:
-    if m.facts["identity"]:
+def emit_reshape_pair(op: RewriteBuilder, m: Match[ReshapePair]) -> str:
+    if m.facts.identity:
         return m["x"]
     return op.Reshape(m["x"], m["b"], allowzero=m.attr("allowzero_b") or None)
 
@@ -150,11 +169,12 @@ class ConstSlice(PatternPass):
 
     def rules(self) -> list[Rule]:
         return [
-            Rule("fold", fold_pattern, check=check_fold, rewrite=emit_fold),
-            *[Rule(f"fold-split{k}", split_pattern(k), check=check_fold, rewrite=emit_fold)
+            Rule(name="fold", pattern=fold_pattern, check=check_fold, rewrite=emit_fold),
+            *[Rule(name=f"fold-split{k}", pattern=split_pattern(k), check=check_fold,
+                   rewrite=emit_fold)
               for k in range(1, MAX_SPLIT_OUTPUTS + 1)],
-            Rule("transpose-pair", transpose_pair, check=check_transpose_pair,
+            Rule(name="transpose-pair", pattern=transpose_pair, check=check_transpose_pair,
                  rewrite=emit_transpose_pair),
-            Rule("reshape-pair", reshape_pair, check=check_reshape_pair,
+            Rule(name="reshape-pair", pattern=reshape_pair, check=check_reshape_pair,
                  rewrite=emit_reshape_pair),
         ]

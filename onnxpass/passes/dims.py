@@ -80,7 +80,7 @@ def reshape_to(op: RewriteBuilder, graph: Graph, y: str, x: str, count: int,
     if len(dims) == count and sum(not isinstance(d, int) for d in dims) <= 1:
         head = [d if isinstance(d, int) else -1 for d in dims]
         return op.Reshape(y, op.const(np.array(head + list(tail), dtype=np.int64), hint="shape"))
-    one = lambda v: op.const(np.array([v], dtype=np.int64), hint="shape")  # noqa: E731
+    one = lambda v: op.const(np.array([v], dtype=np.int64), hint="shape")
     head_dims = op.Slice(op.Shape(x), one(0), one(count))
     target = op.Concat(head_dims, op.const(np.array(tail, dtype=np.int64), hint="shape"), axis=0)
     return op.Reshape(y, target, allowzero=1 if graph.opset() >= 14 else None)

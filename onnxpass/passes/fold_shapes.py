@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -112,14 +113,17 @@ def _evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int,
          for i, v in feeds.items()],
         [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UNDEFINED, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    return np.asarray(ReferenceEvaluator(model).run(None, feeds)[0])
+    outputs = cast(list[Any], ReferenceEvaluator(model).run(None, feeds))  # all outputs: a list
+    return np.asarray(outputs[0])
 
 
 def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """Fold shape values and constants to a fixpoint (at most MAX_PASSES rounds); None when
     GraphSurgeon or shape inference fails on the model."""
     import onnx_graphsurgeon as gs
-    from polygraphy.backend.onnx import infer_shapes
+    from polygraphy.backend.onnx import (  # a lazily exported name pyright cannot see
+        infer_shapes,  # pyright: ignore[reportAttributeAccessIssue]
+    )
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.ERROR

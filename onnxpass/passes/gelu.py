@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import math
 
-from onnx import TensorProto
-
-from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.base import PatternPass, native_plugin_rule, register
 from onnxpass.passes.normalize import FLOATS
-from onnxpass.patterns import Alt, Const, Match, MatchFailure, Rule, Var
+from onnxpass.patterns import Alt, Const, Match, MatchFailure, PatternOps, PValue, Rule, Var
 
 
 def _irrational(value: float) -> Const:
     return Const(value=value, ulps=1)
 
 
-def gelu_pattern(op, x):  # type: ignore[no-untyped-def]
-    def add(a, b):  # type: ignore[no-untyped-def]
+def gelu_pattern(op: PatternOps, x: PValue) -> PValue:
+    def add(a: PValue | float, b: PValue | float) -> PValue:  # a literal becomes a Const
         return op.Add(a, b) | op.Sum(a, b)  # ONNX's own Gelu function body uses Sum
 
     erf = op.Erf(op.Div(x, _irrational(math.sqrt(2.0)))
@@ -52,11 +50,9 @@ def gelu_pattern(op, x):  # type: ignore[no-untyped-def]
             | op.Mul(op.Mul(x, one_plus), 0.5))
 
 
-def check_gelu(m: Match, form: str = "std") -> MatchFailure | None:
+def check_gelu(m: Match[None]) -> MatchFailure | None:
     if m.dtype("x") not in FLOATS:
         return MatchFailure(f"x has dtype {m.dtype('x')}, not a float type")
-    if form == "plugin" and m.graph.opset() < 15 and m.dtype("x") != TensorProto.FLOAT:
-        return MatchFailure("a non-float32 GeluPlugin needs opset >= 15")
     return None
 
 
@@ -70,15 +66,18 @@ class Gelu(PatternPass):
 
     def rules(self) -> list[Rule]:
         if self.form == "std":
-            return [Rule("gelu", gelu_pattern, check=check_gelu, rewrite=lambda op, m: op.Gelu(
-                m["x"], approximate="tanh" if m.tag("approximate") == "tanh" else "none"))]
-        check = lambda m: check_gelu(m, "plugin")  # noqa: E731
+            return [Rule(name="gelu", pattern=gelu_pattern, check=check_gelu,
+                         rewrite=lambda op, m: op.Gelu(m["x"], approximate="tanh" if m.tag(
+                             "approximate") == "tanh" else "none"))]
+        # GeluPlugin's spec says which dtypes and opsets it takes
         return [
-            Rule("gelu", gelu_pattern, check=check, rewrite=lambda op, m: op.plugin(
-                "GeluPlugin", m["x"], approximate=int(m.tag("approximate") == "tanh"))),
-            Rule("gelu-native", lambda op, x: op.Gelu(x, approximate=Var("approximate")),
-                 check=check, rewrite=lambda op, m: op.plugin(
-                     "GeluPlugin", m["x"], approximate=int(_is_tanh(m.attr("approximate"))))),
+            Rule(name="gelu", pattern=gelu_pattern, check=check_gelu,
+                 rewrite=lambda op, m: op.plugin("GeluPlugin", m["x"], approximate=int(
+                     m.tag("approximate") == "tanh"))),
+            native_plugin_rule("gelu-native", "Gelu", "GeluPlugin", ("x",),
+                               attrs={"approximate": Var("approximate")},
+                               convert=lambda op, m: ([m["x"]], {
+                                   "approximate": int(_is_tanh(m.attr("approximate")))})),
         ]
 
 

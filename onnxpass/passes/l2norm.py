@@ -31,20 +31,21 @@ Attributes checked: ReduceSum/ReduceL2 ``axes`` (bound, one constant axis) and `
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from onnx import TensorProto
 
 from onnxpass.passes.base import PatternPass, register
-from onnxpass.patterns import Alt, Const, Match, MatchFailure, Rule, Var
+from onnxpass.patterns import Alt, Const, Match, MatchFailure, PatternOps, PValue, Rule, Var
 
 MODES = {"plain": 0, "add": 0, "max": 1, "clip": 2, "max_sumsq": 1}
 
 
-def l2norm_pattern(op, x):  # type: ignore[no-untyped-def]
+def l2norm_pattern(op: PatternOps, x: PValue) -> PValue:
     def exact(v: float) -> Const:
         return Const(value=v)
 
-    def sqrt(v):  # type: ignore[no-untyped-def]
+    def sqrt(v: PValue) -> PValue:
         return op.Sqrt(v) | op.Pow(v, exact(0.5))
 
     sumsq = op.ReduceSum(op.Pow(x, exact(2.0)) | op.Mul(x, x), axes=Var("axes"), keepdims=1)
@@ -57,12 +58,16 @@ def l2norm_pattern(op, x):  # type: ignore[no-untyped-def]
     return op.Div(x, denom) | op.Mul(x, op.Reciprocal(denom) | op.Div(exact(1.0), denom))
 
 
-def check_l2norm(m: Match) -> MatchFailure | None:
-    dtype = m.dtype("x")
-    if dtype != TensorProto.FLOAT:
-        return MatchFailure(f"x has dtype {dtype}, L2NormPlugin takes float32")
-    if m.graph.opset() < 13:
-        return MatchFailure("L2NormPlugin needs opset >= 13")
+@dataclass(frozen=True)
+class L2NormAttrs:
+    """What the check worked out: L2NormPlugin's attributes."""
+
+    eps: float
+    mode: int
+    axis: int
+
+
+def check_l2norm(m: Match[L2NormAttrs]) -> L2NormAttrs | MatchFailure:
     axes = m.attr("axes")
     if not axes or len(axes) != 1:
         return MatchFailure(f"reduces over axes {axes}, not exactly one axis")
@@ -71,6 +76,7 @@ def check_l2norm(m: Match) -> MatchFailure | None:
         if grown is None or grown != want or None in grown:
             return MatchFailure(f"Expand gives shape {grown}, not x's shape {want}")
     mode = m.tag("mode")
+    assert mode is not None  # the pattern's Alt always tags a mode
     eps = np.zeros((), np.float32) if mode == "plain" else np.asarray(m.attr("eps"))
     if eps.size != 1 or eps.ndim > (m.rank("x") or 0):
         return MatchFailure(f"eps of shape {eps.shape} is not a scalar that leaves x's shape")
@@ -78,8 +84,7 @@ def check_l2norm(m: Match) -> MatchFailure | None:
         if eps.reshape(-1)[0] < 0:
             return MatchFailure("eps < 0 under Sqrt(Max(sum(x^2), eps))")
         eps = np.sqrt(eps)
-    m.facts.update(eps=float(eps.reshape(-1)[0]), mode=MODES[mode], axis=int(axes[0]))
-    return None
+    return L2NormAttrs(eps=float(eps.reshape(-1)[0]), mode=MODES[mode], axis=int(axes[0]))
 
 
 @register
@@ -90,6 +95,7 @@ class L2Norm(PatternPass):
     default_form = "plugin"
 
     def rules(self) -> list[Rule]:
-        return [Rule("l2norm", l2norm_pattern, check=check_l2norm, rewrite=lambda op, m: op.plugin(
-            "L2NormPlugin", m["x"], eps=m.facts["eps"], axis=m.facts["axis"],
-            mode=m.facts["mode"]))]
+        # L2NormPlugin's spec takes float32 only: a float16 norm stays (see above)
+        return [Rule(name="l2norm", pattern=l2norm_pattern, check=check_l2norm,
+                     rewrite=lambda op, m: op.plugin("L2NormPlugin", m["x"], eps=m.facts.eps,
+                                                     axis=m.facts.axis, mode=m.facts.mode))]

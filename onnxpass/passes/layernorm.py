@@ -37,21 +37,34 @@ Sub, Pow, Mul, Add, Max, Sqrt, Div, Reciprocal have none. Native rule: LayerNorm
 
 from __future__ import annotations
 
-from onnx import TensorProto
+from typing import cast
 
-from onnxpass.passes.base import PatternPass, register
-from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+import numpy as np
+from onnx import TensorProto, helper
+
+from onnxpass.passes.base import PatternPass, native_plugin_rule, register
 from onnxpass.passes.normalize import FLOATS, NormalizedParams, normalized_params
+from onnxpass.patterns import (
+    Alt,
+    Const,
+    Match,
+    MatchFailure,
+    PatternOps,
+    PValue,
+    RewriteBuilder,
+    Rule,
+    Var,
+)
 
 
-def layernorm_pattern(op, x):  # type: ignore[no-untyped-def]
-    def mean(v):  # type: ignore[no-untyped-def]
+def layernorm_pattern(op: PatternOps, x: PValue) -> PValue:
+    def mean(v: PValue) -> PValue:
         return op.ReduceMean(v, axes=Var("axes"), keepdims=1)
 
-    def square(v):  # type: ignore[no-untyped-def]
+    def square(v: PValue) -> PValue:
         return op.Pow(v, 2.0) | op.Mul(v, v)
 
-    def stash(v):  # type: ignore[no-untyped-def]
+    def stash(v: PValue) -> PValue:
         return op.Cast(v, to=Var("stash")).optional()
 
     mu = mean(x)
@@ -68,15 +81,16 @@ def layernorm_pattern(op, x):  # type: ignore[no-untyped-def]
     return Alt(op.Add(scaled, Var("beta")), scaled, op.Add(normed, Var("beta")), normed)
 
 
-_AT_LEAST = {TensorProto.FLOAT16: {TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE},
-             TensorProto.BFLOAT16: {TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE},
-             TensorProto.FLOAT: {TensorProto.FLOAT, TensorProto.DOUBLE},
-             TensorProto.DOUBLE: {TensorProto.DOUBLE}}
+_AT_LEAST: dict[int, set[int]] = {
+    TensorProto.FLOAT16: {TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE},
+    TensorProto.BFLOAT16: {TensorProto.BFLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE},
+    TensorProto.FLOAT: {TensorProto.FLOAT, TensorProto.DOUBLE},
+    TensorProto.DOUBLE: {TensorProto.DOUBLE}}
 
 
-def check_layernorm(m: Match, form: str = "std") -> MatchFailure | None:
+def check_layernorm(m: Match[NormalizedParams]) -> NormalizedParams | MatchFailure:
     dtype = m.dtype("x")
-    if dtype not in FLOATS:
+    if dtype is None or dtype not in FLOATS:
         return MatchFailure(f"x has dtype {dtype}, not a float type")
     # TorchScript's half-precision form: Cast(x - mean) up to the stash type, Cast(normed) back.
     stash = m.attr("stash") if "stash" in m else dtype
@@ -87,16 +101,11 @@ def check_layernorm(m: Match, form: str = "std") -> MatchFailure | None:
     eps = m.const("eps")
     if eps.size != 1:
         return MatchFailure(f"eps has {eps.size} elements, expected a scalar")
-    params = normalized_params(m, m.attr("axes"), ("gamma", "beta"))
-    if isinstance(params, MatchFailure):
-        return params
-    if form == "plugin" and m.graph.opset() < 15 and dtype != TensorProto.FLOAT:
-        return MatchFailure("a non-float32 LayerNormPlugin needs opset >= 15")
-    m.facts["params"] = params
-    return None
+    return normalized_params(m, m.attr("axes"), ("gamma", "beta"))
 
 
-def emit(op: RewriteBuilder, m: Match, p: NormalizedParams, form: str, eps: float) -> str:
+def emit(op: RewriteBuilder, m: Match[NormalizedParams], form: str) -> str:
+    p, eps = m.facts, float(m.const("eps").reshape(-1)[0])
     x = p.to_layout(op, m["x"])
     if form == "std":
         y = op.LayerNormalization(x, p.gamma(op), p.beta(op), axis=p.axis, epsilon=eps,
@@ -117,36 +126,26 @@ class LayerNorm(PatternPass):
 
     def rules(self) -> list[Rule]:
         form = self.form or "std"
-        fuse = Rule("layernorm", layernorm_pattern, check=lambda m: check_layernorm(m, form),
-                    rewrite=lambda op, m: emit(op, m, m.facts["params"], form,
-                                               float(m.const("eps").reshape(-1)[0])))
+        fuse = Rule(name="layernorm", pattern=layernorm_pattern, check=check_layernorm,
+                    rewrite=lambda op, m: emit(op, m, form))
         if form == "std":
             return [fuse]
-        native = Rule("layernorm-native", _native_pattern, check=_check_native,
-                      rewrite=lambda op, m: op.plugin(
-                          "LayerNormPlugin", m["x"], m["gamma"],
-                          m.get("beta") or op.const(_zeros_like_param(m)),
-                          epsilon=m.attr("epsilon"), axis=m.attr("axis")))
+        native = native_plugin_rule(
+            "layernorm-native", "LayerNormalization", "LayerNormPlugin", ("x", "gamma", "beta"),
+            optional=1, attrs={"axis": Var("axis"), "epsilon": Var("epsilon"), "stash_type": 1},
+            check=_check_native, convert=lambda op, m: (
+                [m["x"], m["gamma"], m.get("beta") or op.const(_zeros_like_param(m))],
+                {"epsilon": m.attr("epsilon"), "axis": m.attr("axis")}))
         return [fuse, native]
 
 
-def _native_pattern(op, x, gamma, beta):  # type: ignore[no-untyped-def]
-    attrs = {"axis": Var("axis"), "epsilon": Var("epsilon"), "stash_type": 1}
-    return op.LayerNormalization(x, gamma, beta, **attrs) | op.LayerNormalization(x, gamma, **attrs)
-
-
-def _check_native(m: Match) -> MatchFailure | None:
-    if m.graph.opset() < 15 and m.dtype("x") != TensorProto.FLOAT:
-        return MatchFailure("a non-float32 LayerNorm needs opset >= 15")
+def _check_native(m: Match[None]) -> MatchFailure | None:
     if m.get("beta") is None and m.shape("gamma") is None:
         return MatchFailure("no beta and gamma's shape is unknown")
     return None
 
 
-def _zeros_like_param(m: Match):  # type: ignore[no-untyped-def]
-    import numpy as np
-    from onnx import helper
-
+def _zeros_like_param(m: Match[None]) -> np.ndarray:
     shape = m.shape("gamma")
     dtype = helper.tensor_dtype_to_np_dtype(m.dtype("gamma") or TensorProto.FLOAT)
-    return np.zeros([int(d) for d in shape or ()], dtype=dtype)
+    return np.zeros([int(cast(int, d)) for d in shape or ()], dtype=dtype)

@@ -1,22 +1,37 @@
-"""The pass manager: runs a pipeline to a fixpoint, checking the graph after every pass."""
+"""The pipeline runner: the one way ``run``, ``build``, the Python API and the golden tests
+rewrite a model.
+
+:class:`Pipeline` parses a spec (``"default,fp16:pins=pins.txt"``) with its options, and runs it:
+load -> check -> passes to a fixpoint -> save. After every pass that changed something: dead code
+removed (the one place besides the ``dce`` pass), topological re-sort, ``onnx.checker`` and shape
+inference (both on the weight-free skeleton), and, with ``dump_dir``, the graph is saved. A
+pipeline still changing after its last round says so in its notes and ``converged``.
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from onnxpass.errors import PassError
-from onnxpass.graph import Graph, save_model, skeleton
+from onnxpass.errors import OnnxpassError, PassError
+from onnxpass.graph import Graph
 from onnxpass.loadcheck import check_loadable, required_ir_version
-from onnxpass.passes.base import Pass, PassContext
+from onnxpass.modelio import check_model, load_model, save_model, skeleton
+from onnxpass.passes import plugin_hooks
+from onnxpass.passes.base import Pass, PassContext, parse_passes
+
+DEFAULT_MAX_ROUNDS = 4
 
 
 @dataclass
 class PassStat:
+    """One row per pass instance of the pipeline (a pass listed twice has two)."""
+
     name: str
     matches: int = 0
     nodes_before: int = 0
@@ -30,17 +45,115 @@ class PipelineResult:
     stats: list[PassStat]
     notes: list[str] = field(default_factory=list)
     rounds: int = 0
+    converged: bool = True
+
+    def model(self) -> onnx.ModelProto:
+        """The rewritten model (the graph written back into its proto)."""
+        return self.graph.to_model()
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the rewritten model to ``path`` (external data as :func:`save_model` says)."""
+        save_model(self.model(), path, self.graph.base_dir)
+
+
+def parse_pipeline(spec: str | Sequence[str] | Sequence[Pass],
+                   options: Mapping[str, str] | None = None, *,
+                   flag: str = "--pins") -> list[Pass]:
+    """Pass instances for ``spec``, each given its options.
+
+    An item of ``spec`` may carry options after a colon: ``fp16:pins=FILE`` (or
+    ``fp16=all:pins=FILE``) gives them to that pass. ``options`` go to every pass that takes them
+    (``--pins FILE`` to whichever low-precision pass runs); ``flag`` names them in the error
+    when no pass does.
+    """
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    instances = [p for p in items if isinstance(p, Pass)]
+    per_pass: dict[str, dict[str, str]] = {}
+    if instances:
+        passes = instances
+    else:
+        names = []
+        for item in (s for s in items if isinstance(s, str)):
+            name, _, opts = item.partition(":")
+            names.append(name)
+            for opt in filter(None, (o.strip() for o in opts.split(":"))):
+                key, eq, value = opt.partition("=")
+                if not eq:
+                    raise OnnxpassError(f"{item.strip()}: an option is KEY=VALUE (got {opt!r})")
+                per_pass.setdefault(name.partition("=")[0].strip(), {})[key.strip()] = value
+        passes = parse_passes(names)
+    for name, opts in per_pass.items():
+        for key, value in opts.items():
+            _give(passes, key, value, lambda p, n=name: p.name == n, f"{name}:{key}={value}")
+    for key, value in (options or {}).items():
+        if value is not None:
+            _give(passes, key, value, lambda p: True, flag)
+    return passes
+
+
+def _give(passes: Sequence[Pass], key: str, value: str, wanted: Callable[[Pass], bool],
+          where: str) -> None:
+    takers = [p for p in passes if wanted(p) and key in getattr(p, "options", ())]
+    if not takers:
+        if key == "pins":
+            raise OnnxpassError(f"{where}: a pin list ({value}) is for the fp16 or bf16 pass, "
+                                f"which does not run here")
+        raise OnnxpassError(f"{where}: no pass in the pipeline takes option {key!r}")
+    for p in takers:
+        p.set_option(key, value)  # type: ignore[attr-defined]
+
+
+def load_graph(path: str | os.PathLike[str]) -> Graph:
+    """Load and check the model at ``path``; its external data stays on disk."""
+    model = load_model(path)
+    check_model(model, str(path))
+    return Graph(model, str(Path(path).resolve().parent))
+
+
+class Pipeline:
+    """Parsed passes with their options, and how to run them.
+
+    ``Pipeline("default", {"pins": FILE}).rewrite_file(src, out)`` is ``onnxpass run``'s work;
+    :meth:`run` (a Graph) and :meth:`rewrite` (a model in memory) are the steps it is made of.
+    """
+
+    def __init__(self, spec: str | Sequence[str] | Sequence[Pass],
+                 options: Mapping[str, str] | None = None, *, flag: str = "--pins",
+                 check: bool = True, max_rounds: int = DEFAULT_MAX_ROUNDS,
+                 dump_dir: str | os.PathLike[str] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.passes = parse_pipeline(spec, options, flag=flag)
+        self.manager = PassManager(self.passes, check=check, max_rounds=max_rounds,
+                                   dump_dir=dump_dir, progress=progress)
+
+    @property
+    def labels(self) -> list[str]:
+        return [p.label for p in self.passes]
+
+    def run(self, graph: Graph) -> PipelineResult:
+        return self.manager.run(graph)
+
+    def rewrite(self, model: onnx.ModelProto, base_dir: str = ""
+                ) -> tuple[onnx.ModelProto, PipelineResult]:
+        """Rewrite ``model`` in place; returns it with the result."""
+        result = self.run(Graph(model, base_dir))
+        return result.model(), result
+
+    def rewrite_file(self, src: str | os.PathLike[str], out: str | os.PathLike[str]
+                     ) -> PipelineResult:
+        """Load and check ``src``, run, save to ``out``."""
+        result = self.run(load_graph(src))
+        result.save(out)
+        return result
 
 
 class PassManager:
-    """Runs ``passes`` in order, repeating the pipeline until a round changes nothing.
+    """Runs ``passes`` in order, repeating the pipeline until a round changes nothing (at most
+    ``max_rounds``; one still changing then is reported, not an error)."""
 
-    After each pass that changed something: topological re-sort, ``onnx.checker`` and shape
-    inference (both on the weight-free skeleton), and, with ``dump_dir``, the graph is saved.
-    """
-
-    def __init__(self, passes: Sequence[Pass], *, check: bool = True, max_rounds: int = 4,
-                 dump_dir: str | Path | None = None,
+    def __init__(self, passes: Sequence[Pass], *, check: bool = True,
+                 max_rounds: int = DEFAULT_MAX_ROUNDS,
+                 dump_dir: str | os.PathLike[str] | None = None,
                  progress: Callable[[str], None] | None = None) -> None:
         self.passes = list(passes)
         self.check = check
@@ -49,16 +162,17 @@ class PassManager:
         self.progress = progress or (lambda _msg: None)
 
     def run(self, graph: Graph) -> PipelineResult:
+        plugin_hooks.install()
         ctx = PassContext(graph)
-        stats = {p.label: PassStat(p.label) for p in self.passes}
+        stats = [PassStat(p.label) for p in self.passes]
         step = 0
+        graph.remove_dead()  # passes see only what reaches an output
         graph.refresh_types()
-        rounds = 0
+        rounds, changed = 0, 0
         for rounds in range(1, self.max_rounds + 1):
             changed = 0
-            for k, p in enumerate(self.passes):
-                stat = stats[p.label]
-                before = len(ctx.graph.live_nodes())
+            for k, (p, stat) in enumerate(zip(self.passes, stats)):
+                before = len(ctx.graph.nodes)
                 if rounds == 1:
                     stat.nodes_before = before
                 t0 = time.perf_counter()
@@ -68,7 +182,7 @@ class PassManager:
                     self._after(ctx.graph, p)
                 stat.seconds += time.perf_counter() - t0
                 stat.matches += n
-                stat.nodes_after = len(ctx.graph.live_nodes())
+                stat.nodes_after = len(ctx.graph.nodes)
                 changed += n
                 if n and self.dump_dir is not None:
                     step += 1
@@ -76,9 +190,14 @@ class PassManager:
                                ctx.graph.base_dir)
             if not changed:
                 break
-        return PipelineResult(ctx.graph, list(stats.values()), ctx.notes, rounds)
+        converged = not changed
+        if not converged:
+            ctx.notes.append(f"pipeline did not converge after {rounds} rounds "
+                             f"({changed} rewrites in the last)")
+        return PipelineResult(ctx.graph, stats, ctx.notes, rounds, converged)
 
     def _after(self, graph: Graph, p: Pass) -> None:
+        graph.remove_dead()
         # One sync and one weight-free skeleton serve both the checker and shape inference.
         model = graph.to_model()
         # The pass may have raised the opset or added local functions: say the IR that holds them.

@@ -29,12 +29,19 @@ from __future__ import annotations
 from onnx import TensorProto
 
 from onnxpass.passes.base import PatternPass, register
-from onnxpass.passes.masked_softmax import dtype_name
-from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule
-from onnxpass.plugins.mask2pos import MASK2POS
+from onnxpass.patterns import (
+    Alt,
+    Const,
+    Match,
+    MatchFailure,
+    PatternOps,
+    PValue,
+    RewriteBuilder,
+    Rule,
+)
 
 
-def mask2pos_pattern(op, mask):  # type: ignore[no-untyped-def]
+def mask2pos_pattern(op: PatternOps, mask: PValue) -> PValue:
     valid = op.Cast(Alt(pad=op.Not(mask), valid=mask, tag="mask"), to=TensorProto.FLOAT)
     c = op.CumSum(valid.shared(), Const("axis"), exclusive=0, reverse=0)
     slice_args = (c, Const("starts"), Const("ends"), Const("axes"))
@@ -43,12 +50,8 @@ def mask2pos_pattern(op, mask):  # type: ignore[no-untyped-def]
     return op.Mul(pos, Const("scale")).optional()
 
 
-def check_mask2pos(m: Match) -> MatchFailure | None:
-    if m.graph.opset() < MASK2POS.min_opset:
-        return MatchFailure(f"opset {m.graph.opset()} < {MASK2POS.min_opset}")
-    if dtype_name(m.dtype("mask")) not in MASK2POS.allowed_dtypes("mask"):
-        return MatchFailure(f"mask has dtype {dtype_name(m.dtype('mask'))}: not a bool or integer "
-                            f"mask (one of {', '.join(MASK2POS.allowed_dtypes('mask'))})")
+def check_mask2pos(m: Match[int]) -> int | MatchFailure:
+    """The cumsum axis, made non-negative."""
     for name in ("offset", "eps", "scale"):
         if name in m and m.const(name).size != 1:
             return MatchFailure(f"{name} has {m.const(name).size} elements, expected a scalar")
@@ -66,15 +69,14 @@ def check_mask2pos(m: Match) -> MatchFailure | None:
     if not (takes_last and steps == [1] and [a % rank for a in axes] == [axis]):
         return MatchFailure(f"Slice {starts}:{ends} on axes {axes} is not the last element "
                             f"along the cumsum axis {axis}")
-    m.facts["axis"] = axis
-    return None
+    return axis
 
 
-def emit(op: RewriteBuilder, m: Match) -> str:
+def emit(op: RewriteBuilder, m: Match[int]) -> str:
     def scalar(name: str, default: float) -> float:
         return float(m.const(name).reshape(-1)[0]) if name in m else default
 
-    return op.plugin("Mask2PosPlugin", m["mask"], axis=m.facts["axis"],
+    return op.plugin("Mask2PosPlugin", m["mask"], axis=m.facts,
                      offset=scalar("offset", 0.0), eps=scalar("eps", 0.0),
                      scale=scalar("scale", 1.0), invert=int(m.tag("mask") == "pad"))
 
@@ -87,5 +89,5 @@ class Mask2Pos(PatternPass):
     default_form = "plugin"
 
     def rules(self) -> list[Rule]:
-        return [Rule("mask2pos", mask2pos_pattern, check=check_mask2pos, rewrite=emit)]
+        return [Rule(name="mask2pos", pattern=mask2pos_pattern, check=check_mask2pos, rewrite=emit)]
 

@@ -41,14 +41,25 @@ Where have none.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import helper
 
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.normalize import FLOATS
-from onnxpass.patterns import Alt, Const, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.patterns import (
+    Alt,
+    Const,
+    Match,
+    MatchFailure,
+    PatternOps,
+    PValue,
+    RewriteBuilder,
+    Rule,
+    Var,
+)
 from onnxpass.plugins.masked_softmax import MASKED_SOFTMAX
 
 FORMS = {"scaled": (0, 0), "scaled_pad": (0, 1), "select": (1, 0), "select_pad": (1, 1),
@@ -59,18 +70,18 @@ def dtype_name(elem: int | None) -> str:
     return "unknown" if not elem else str(helper.tensor_dtype_to_np_dtype(elem))
 
 
-def compact(op, mask):  # type: ignore[no-untyped-def]
+def compact(op: PatternOps, mask: PValue) -> PValue:
     """The mask, maybe cast and expanded to full size (in either order)."""
-    def cast(v):  # type: ignore[no-untyped-def]
+    def cast(v: PValue) -> PValue:
         return op.Cast(v, to=Var("to"))
 
-    def expand(v):  # type: ignore[no-untyped-def]
+    def expand(v: PValue) -> PValue:
         return op.Expand(v, Var("full"))
 
     return Alt(cast(expand(mask)), expand(cast(mask)), cast(mask), expand(mask), mask).shared()
 
 
-def masked_softmax_pattern(op, x, mask):  # type: ignore[no-untyped-def]
+def masked_softmax_pattern(op: PatternOps, x: PValue, mask: PValue) -> PValue:
     m, fill, zero = compact(op, mask), Const("fill"), Const("zero")
     additive = Alt(scaled=op.Mul(op.Sub(Const("one"), m), fill), scaled_pad=op.Mul(m, fill),
                    add=op.Where(m, zero, fill), add_pad=op.Where(m, fill, zero), tag="form")
@@ -80,12 +91,17 @@ def masked_softmax_pattern(op, x, mask):  # type: ignore[no-untyped-def]
                       axis=Var("axis"))
 
 
-def check_masked_softmax(m: Match) -> MatchFailure | None:
-    dtype, opset = m.dtype("x"), m.graph.opset()
+@dataclass(frozen=True)
+class Masking:
+    """What the check worked out for the rewrite."""
+
+    widens: bool  # the Expand's result is not known to have x's shape: expand the result back
+
+
+def check_masked_softmax(m: Match[Masking]) -> Masking | MatchFailure:
+    dtype = m.dtype("x")
     if dtype not in FLOATS:
         return MatchFailure(f"scores have dtype {dtype}, not a float type")
-    if opset < MASKED_SOFTMAX.min_opset or (opset < 15 and dtype != TensorProto.FLOAT):
-        return MatchFailure(f"opset {opset} is too old for MaskedSoftmaxPlugin on dtype {dtype}")
     if dtype_name(m.dtype("mask")) not in MASKED_SOFTMAX.allowed_dtypes("mask"):
         return MatchFailure(f"mask has dtype {dtype_name(m.dtype('mask'))}: not a bool or integer "
                             f"mask (one of {', '.join(MASKED_SOFTMAX.allowed_dtypes('mask'))})")
@@ -107,8 +123,7 @@ def check_masked_softmax(m: Match) -> MatchFailure | None:
         return MatchFailure(f"the Reshape changes the last dim {z[-1]} -> {scores[-1]}")
     # Without the Expand, x and the mask broadcast to x's shape; where shape inference cannot
     # tell that the Expand's result had it too (a symbolic batch), the result is expanded back.
-    m.facts["widens"] = "full" in m and not (len(x) == len(z) and all(map(_same_dim, x, z)))
-    return None
+    return Masking(widens="full" in m and not (len(x) == len(z) and all(map(_same_dim, x, z))))
 
 
 def _broadcast(a: Any, b: Any) -> Any:
@@ -119,7 +134,7 @@ def _same_dim(a: Any, b: Any) -> bool:
     return a is not None and a == b
 
 
-def emit(op: RewriteBuilder, m: Match, plugin: bool) -> str:
+def emit(op: RewriteBuilder, m: Match[Masking], plugin: bool) -> str:
     """Softmax over the last axis commutes with an Expand or Reshape that keeps that axis."""
     mode, invert = FORMS[m.tag("form") or ""]
     if plugin:
@@ -127,7 +142,7 @@ def emit(op: RewriteBuilder, m: Match, plugin: bool) -> str:
                       fill=float(m.const("fill").reshape(-1)[0]))
     else:
         y = op.Softmax(_std_masked(op, m, mode, invert), axis=-1)
-    if m.facts["widens"]:
+    if m.facts.widens:
         y = op.Expand(y, m["full"])
     if "shape" in m:
         y = op.Reshape(y, m["shape"], allowzero=m.attr("allowzero") or None)
@@ -146,7 +161,7 @@ def _std_masked(op: RewriteBuilder, m: Match, mode: int, invert: int) -> str:
     return op.Add(x, op.Where(mask, fill, zero) if invert else op.Where(mask, zero, fill))
 
 
-def _check_std(m: Match) -> MatchFailure | None:
+def _check_std(m: Match[Masking]) -> Masking | MatchFailure:
     if "full" not in m:
         return MatchFailure("the mask is not expanded: nothing to simplify")
     return check_masked_softmax(m)
@@ -162,6 +177,6 @@ class MaskedSoftmax(PatternPass):
 
     def rules(self) -> list[Rule]:
         plugin = self.form == "plugin"
-        return [Rule("masked_softmax", masked_softmax_pattern,
+        return [Rule(name="masked_softmax", pattern=masked_softmax_pattern,
                      check=check_masked_softmax if plugin else _check_std,
                      rewrite=lambda op, m: emit(op, m, plugin))]

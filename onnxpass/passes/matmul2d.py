@@ -25,10 +25,19 @@ from onnxpass.graph import Graph
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.dims import reshape_to
 from onnxpass.passes.normalize import FLOATS
-from onnxpass.patterns import Alt, Match, MatchFailure, RewriteBuilder, Rule, Var
+from onnxpass.patterns import (
+    Alt,
+    Match,
+    MatchFailure,
+    PatternOps,
+    PValue,
+    RewriteBuilder,
+    Rule,
+    Var,
+)
 
 
-def matmul_pattern(op, x, w):  # type: ignore[no-untyped-def]
+def matmul_pattern(op: PatternOps, x: PValue, w: PValue) -> PValue:
     mm = op.MatMul(x, w)
     return Alt(bias=op.Add(mm, Var("bias")), plain=mm, tag="bias")
 
@@ -83,5 +92,5 @@ class MatMul2D(PatternPass):
     summary = "3-D/4-D MatMul by a constant weight (+ bias) -> Reshape, Gemm, Reshape"
 
     def rules(self) -> list[Rule]:
-        return [Rule("matmul2d", matmul_pattern, check=check_matmul,
+        return [Rule(name="matmul2d", pattern=matmul_pattern, check=check_matmul,
                      rewrite=lambda op, m: emit(op, m, m.graph))]

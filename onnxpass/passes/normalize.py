@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from onnx import TensorProto, helper
@@ -57,7 +57,8 @@ class NormalizedParams:
         return self.get(op, "beta", required)
 
 
-def normalized_params(m: Match, axes: Any, names: tuple[str, ...]) -> NormalizedParams | MatchFailure:
+def normalized_params(m: Match, axes: Any, names: tuple[str, ...]
+                      ) -> NormalizedParams | MatchFailure:
     """Check that ``axes`` are normalizable as one LayerNormalization-style axis and that each bound
     parameter in ``names`` varies only along them; work out how to pass each one."""
     shape = m.shape("x")
@@ -96,7 +97,8 @@ def normalized_params(m: Match, axes: Any, names: tuple[str, ...]) -> Normalized
     for name in names:
         if m.get(name) is None:
             if static:
-                result.params[f"{name}:fill"] = np.full(target, _FILL.get(name, 0.0), dtype=dtype)
+                result.params[f"{name}:fill"] = np.full(cast(tuple[int, ...], target),
+                                                        _FILL.get(name, 0.0), dtype=dtype)
             elif name == "gamma":
                 return MatchFailure("no gamma and the normalized dims are not static")
             continue
@@ -151,6 +153,7 @@ def _param(m: Match, name: str, x_shape: Any, rank: int | None, norm: set[int], 
     if not static:
         return MatchFailure(f"{name} of shape {pshape} needs reshaping, but the normalized dims "
                             f"are not static")
+    assert target is not None  # static implies a known target
     if m.is_const(name):
         value = m.const(name).reshape(kept)
         return np.ascontiguousarray(np.broadcast_to(value, target))

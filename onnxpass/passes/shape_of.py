@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxpass.passes.base import PatternPass, register
-from onnxpass.patterns import Match, MatchFailure, Rule
+from onnxpass.patterns import Match, MatchFailure, RewriteOps, Rule
 
 
 def _check(m: Match) -> MatchFailure | None:
@@ -27,8 +27,8 @@ def _check(m: Match) -> MatchFailure | None:
     return None
 
 
-def _rewrite(op, m: Match) -> str:  # type: ignore[no-untyped-def]
-    i64 = lambda *v: op.const(np.array(v, np.int64))  # noqa: E731
+def _rewrite(op: RewriteOps, m: Match) -> str:
+    i64 = lambda *v: op.const(np.array(v, np.int64))
     lead = op.Slice(op.Shape(m["a"]), i64(0), i64(-1))
     last = op.Slice(op.Shape(m["b"]), i64(-1), i64(np.iinfo(np.int64).max))
     return op.Concat(lead, last, axis=0)
@@ -41,5 +41,6 @@ class ShapeOf(PatternPass):
 
     def rules(self) -> list[Rule]:
         # Shape's start and end (opset 15) are left unnamed: they must hold their defaults
-        return [Rule("shape-of-matmul", lambda op, a, b: op.Shape(op.MatMul(a, b).shared()),
-                     _rewrite, check=_check)]
+        return [Rule(name="shape-of-matmul",
+                     pattern=lambda op, a, b: op.Shape(op.MatMul(a, b).shared()),
+                     rewrite=_rewrite, check=_check)]

@@ -38,7 +38,17 @@ from onnxpass.passes.base import PassContext, PatternPass, register
 from onnxpass.passes.const_slice import check_fold, emit_fold
 from onnxpass.passes.dims import same
 from onnxpass.patterns import (
-    IRRELEVANT, Alt, Attr, Const, Match, MatchFailure, RewriteBuilder, Rule, Var,
+    IRRELEVANT,
+    Alt,
+    Attr,
+    Const,
+    Match,
+    MatchFailure,
+    PatternOps,
+    PValue,
+    RewriteBuilder,
+    Rule,
+    Var,
 )
 from onnxpass.patterns.ir import COMMUTATIVE
 
@@ -47,7 +57,7 @@ BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mod", "Equal",
                 "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor")
 
 
-def fold_pattern(op):  # type: ignore[no-untyped-def]
+def fold_pattern(op: PatternOps) -> PValue:
     return op.Tile(Const(), Const(), _any_attrs=True) | op.Expand(Const(), Const(), _any_attrs=True)
 
 
@@ -56,7 +66,7 @@ def _is_one(value: Any) -> bool:
     return numpy_helper.to_array(value).reshape(-1).tolist() == [1]
 
 
-def noop_pattern(op, x):  # type: ignore[no-untyped-def]
+def noop_pattern(op: PatternOps, x: PValue) -> PValue:
     ones = op.ConstantOfShape(Var("length"), value=Attr(_is_one))  # TorchScript's repeat()
     return Alt(tile=op.Tile(x, Const("by")), expand=op.Expand(x, Const("by")),
                ones=op.Expand(x, ones), tag="op")
@@ -84,12 +94,12 @@ def _first_axis(axis: Any) -> bool:
     return list(axis) in ([0], [-1]) if isinstance(axis, (list, tuple)) else axis in (0, -1)
 
 
-def broadcast_pattern(op, x, y):  # type: ignore[no-untyped-def]
+def broadcast_pattern(op: PatternOps, x: PValue, y: PValue) -> PValue:
     # Repeats or shape as a Concat of parts tell what inference cannot: TorchScript's (B, 1, 1)
     # is Concat(Unsqueeze(Gather(Shape(v), 0)), 1, 1), a dim of v and two constants.
     first = Attr(_first_axis)
 
-    def part(i):  # type: ignore[no-untyped-def]
+    def part(i: int) -> PValue:
         dims = op.Shape(Var(f"src{i}"))  # start and end unnamed: they must hold their defaults
         return op.Unsqueeze(op.Gather(dims, Const(f"index{i}"), axis=first), axes=first) | Var(
             f"by{i}")
@@ -99,7 +109,7 @@ def broadcast_pattern(op, x, y):  # type: ignore[no-untyped-def]
     tiled = Alt(tile=op.Tile(x, by), expand=op.Expand(x, by), tag="op").shared()
     kept = {"fmod": IRRELEVANT}  # the rewrite copies the op with its attributes
 
-    def binary(name, a, b):  # type: ignore[no-untyped-def]
+    def binary(name: str, a: PValue, b: PValue) -> PValue:
         return getattr(op, name)(a, b, **(kept if name == "Mod" else {}))
 
     return Alt(*[binary(name, tiled, y) for name in BROADCASTING],
@@ -197,9 +207,10 @@ class Tile(PatternPass):
 
     def rules(self) -> list[Rule]:
         return [
-            Rule("fold", fold_pattern, check=check_fold, rewrite=emit_fold),
-            Rule("noop", noop_pattern, check=check_noop, rewrite=lambda op, m: m["x"]),
-            Rule("broadcast", broadcast_pattern, check=check_broadcast, rewrite=emit_broadcast),
+            Rule(name="fold", pattern=fold_pattern, check=check_fold, rewrite=emit_fold),
+            Rule(name="noop", pattern=noop_pattern, check=check_noop, rewrite=lambda op, m: m["x"]),
+            Rule(name="broadcast", pattern=broadcast_pattern, check=check_broadcast,
+                 rewrite=emit_broadcast),
         ]
 
     def run(self, ctx: PassContext) -> int:

@@ -18,14 +18,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from onnx import TensorProto
 
 from onnxpass.graph import ATTR_INPUTS, NOT_CONSTANT, Graph, Node
 from onnxpass.patterns.ir import (
-    COMMUTATIVE, IRRELEVANT, Alt, Attr, Const, Optional, Out, PNode, PValue, Repeat, Shared, Var,
+    COMMUTATIVE,
+    IRRELEVANT,
+    Alt,
+    Attr,
+    Const,
+    Optional,
+    Out,
+    PNode,
+    PValue,
+    Repeat,
+    Shared,
+    Var,
 )
 
 
@@ -263,7 +274,8 @@ class Matcher:
     def _repeat(self, p: Repeat, value: str, b: Bindings, count: int) -> Iterator[Bindings]:
         node = self.g.producer.get(value)
         if count < p.max_count and node is not None and node.op_type == p.node.op_type:
-            attrs_ok = all(_match_attr(w, node.attr(k)) is not False for k, w in p.node.attrs.items())
+            attrs_ok = all(_match_attr(w, node.attr(k)) is not False
+                           for k, w in p.node.attrs.items())
             attrs_ok = attrs_ok and not unmatched_attribute(self.g, node, p.node.attrs)
             if attrs_ok and node.data_inputs:
                 b2 = b.extend(order=(*b.order, node))
@@ -400,7 +412,7 @@ def _same(a: Any, b: Any) -> bool:
         return list(a) == list(b)
     if isinstance(a, float) or isinstance(b, float):
         try:  # attributes hold float32: compare there, exactly
-            return bool(np.float32(a) == np.float32(b))
+            return bool(np.float32(cast(Any, a)) == np.float32(cast(Any, b)))
         except (TypeError, ValueError):
             return False
     return bool(a == b)
@@ -444,3 +456,42 @@ def pattern_nodes(p: PValue) -> list[PNode]:
 
     walk(p)
     return list(seen.values())
+
+
+def pattern_names(p: PValue) -> set[str]:
+    """Every name a match of ``p`` can bind: Vars and named Consts, attributes bound by name, and
+    Alt tags (what ``Match`` accepts; anything else is a misspelling)."""
+    names: set[str] = set()
+    seen: set[int] = set()
+
+    def attr(a: Any) -> None:
+        if isinstance(a, Var) or (isinstance(a, Attr) and a.name):
+            names.add(a.name)  # type: ignore[arg-type]
+
+    def walk(x: PValue) -> None:
+        if id(x) in seen:
+            return
+        seen.add(id(x))
+        if isinstance(x, Var) or (isinstance(x, Const) and x.name):
+            names.add(x.name)  # type: ignore[arg-type]
+        elif isinstance(x, Out):
+            for a in x.node.attrs.values():
+                attr(a)
+            for i in x.node.inputs:
+                walk(i)
+        elif isinstance(x, Alt):
+            if x.tag:
+                names.add(x.tag)
+            for br in x.branches:
+                walk(br)
+        elif isinstance(x, Optional):
+            walk(x.present)
+            walk(x.absent)
+        elif isinstance(x, Repeat):
+            walk(x.node.outs[0])
+            walk(x.base)
+        elif isinstance(x, Shared):
+            walk(x.inner)
+
+    walk(p)
+    return names

@@ -45,5 +45,6 @@ ADD_BIAS_TRANSPOSE = register_plugin(PluginSpec(
     ),
     body=_body,
     doc=__doc__ or "",
+    typed_opset=13,  # its constants are int64 shapes: any T needs no CastLike
     shapes=_shapes,
 ))

@@ -52,5 +52,6 @@ ATTENTION = register_plugin(PluginSpec(
     ),
     body=_body,
     doc=__doc__ or "",
+    casts_attr="softmax_precision",
     shapes=_shapes,
 ))

@@ -1,7 +1,7 @@
 """Plugin specifications: the single statement of what a plugin node is.
 
-A plugin node follows the convention of DESIGN.md: ``op_type`` is the plugin name (never an ONNX op
-name), its domain is listed in ``opset_import``, it carries ``plugin_namespace`` and
+A plugin node follows the convention of docs/design.md: ``op_type`` is the plugin name (never an
+ONNX op name), its domain is listed in ``opset_import``, it carries ``plugin_namespace`` and
 ``plugin_version``, and the model holds a local function of the same (domain, name) whose body is
 the reference decomposition. ONNX Runtime and ``onnx.checker`` inline the function; TensorRT with
 the plugin registered runs the plugin.
@@ -9,7 +9,7 @@ the plugin registered runs the plugin.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,11 @@ class PluginSpec:
     """Name, signature, types, shapes, attributes and reference decomposition of one plugin op.
 
     ``body(opset)`` returns the function body in ONNX text syntax for a model whose default-domain
-    opset is ``opset``; ``min_opset`` is the lowest opset the body can be written in.
+    opset is ``opset``; ``min_opset`` is the lowest opset the body can be written in, and
+    ``typed_opset`` the lowest at which it computes in a type other than float32 (its constants
+    reach T through CastLike). ``casts_attr`` names an attribute holding an ONNX element type the
+    body casts to and back (attention's softmax precision): other than float32, it needs
+    ``typed_opset`` too. :meth:`can_emit` is the one place that applies these limits.
 
     Types: every input and output has the one type T, any of ``dtypes``, unless ``io_dtypes``
     gives it its own choices (an int64 mask, say); an output of type T takes the dtype of the
@@ -53,6 +57,8 @@ class PluginSpec:
     doc: str
     version: str = "1"
     min_opset: int = 13
+    typed_opset: int = 15
+    casts_attr: str | None = None
     dtypes: tuple[str, ...] = ("float32", "float16")
     io_dtypes: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     shapes: Callable[[list[list[Any]], dict[str, Any]], list[list[Any]]] | None = None
@@ -78,9 +84,35 @@ class PluginSpec:
             raise TypeError(f"{self.name}: unknown attributes {sorted(unknown)}")
         return {a.name: _typed(a, values.get(a.name, a.default)) for a in self.attributes}
 
+    def opset_for(self, dtypes: Mapping[str, str | None], attrs: Mapping[str, Any] | None = None
+                  ) -> int:
+        """The lowest default-domain opset whose body computes these input dtypes (io name ->
+        dtype name, as in ``dtypes``) with these attribute values."""
+        typed = [d for n, d in dtypes.items() if n not in self.io_dtypes]
+        cast_to = (attrs or {}).get(self.casts_attr) if self.casts_attr else None
+        if any(d != "float32" for d in typed) or cast_to not in (None, onnx.TensorProto.FLOAT):
+            return max(self.min_opset, self.typed_opset)
+        return self.min_opset
+
+    def can_emit(self, opset: int, dtypes: Mapping[str, str | None],
+                 attrs: Mapping[str, Any] | None = None) -> str | None:
+        """Why a node of this plugin cannot be emitted into a model of default-domain opset
+        ``opset`` with these input dtypes (io name -> dtype name), or None when it can."""
+        for name, dtype in dtypes.items():
+            allowed = self.allowed_dtypes(name)
+            if dtype not in allowed:
+                return (f"{self.name} takes {name} of dtype {', '.join(allowed)}, not "
+                        f"{dtype or 'unknown'}")
+        need = self.opset_for(dtypes, attrs)
+        if opset < need:
+            return (f"{self.name} on {_describe(dtypes)} needs opset >= {need}, the model has "
+                    f"{opset}")
+        return None
+
     def function(self, opset: int) -> onnx.FunctionProto:
-        if opset < self.min_opset:
-            raise PassError(f"plugin {self.name} needs opset >= {self.min_opset}, model has {opset}")
+        if opset < self.min_opset:  # a caller that skipped can_emit: a bug, not a user's model
+            raise PassError(f"plugin {self.name} needs opset >= {self.min_opset}, model has "
+                            f"{opset}")
         attrs = ", ".join(a.name for a in self.attributes)
         text = (f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n'
                 f"{self.name} <{attrs}> ({', '.join(self.inputs)}) => ({', '.join(self.outputs)})\n"
@@ -93,6 +125,10 @@ class PluginSpec:
         for k, v in self.attr_values(values).items():
             out[k] = helper.make_attribute(k, v)
         return out
+
+
+def _describe(dtypes: Mapping[str, str | None]) -> str:
+    return ", ".join(f"{n} {d}" for n, d in dtypes.items())
 
 
 def _typed(a: PluginAttr, v: Any) -> Any:
@@ -118,14 +154,11 @@ def register_plugin(spec: PluginSpec) -> PluginSpec:
 
 
 def get_plugin(name: str) -> PluginSpec:
-    from onnxpass import plugins  # noqa: F401  (registers the built-in specs)
-
+    # Importing this module ran onnxpass/plugins/__init__.py, which registered the built-ins.
     return _REGISTRY[name]
 
 
 def all_plugins() -> list[PluginSpec]:
-    from onnxpass import plugins  # noqa: F401
-
     return sorted(_REGISTRY.values(), key=lambda s: s.name)
 
 

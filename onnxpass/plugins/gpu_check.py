@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 import numpy as np
 import onnx
@@ -129,7 +129,7 @@ def run_plugin_form(model: onnx.ModelProto, feeds: dict[str, np.ndarray], device
         sub = _sub_model(model, seg, inputs, outputs, values, types)
         inits = {t.name for t in sub.graph.initializer}
         got = session(sub).run(outputs, {x: values[x] for x in inputs if x not in inits})
-        values.update(zip(outputs, got))
+        values.update(zip(outputs, cast(list[np.ndarray], got)))  # dense outputs: arrays
         segments += 1
         i = j
     return {o.name: values[o.name] for o in model.graph.output}, ran, segments
@@ -151,15 +151,3 @@ def check(model: onnx.ModelProto, original: onnx.ModelProto | None = None,
     stats = [error_stats(k, want[k], got[k], rtol if rtol is not None else 1e-5,
                          atol if atol is not None else 1e-6) for k in want]
     return CheckReport(stats, ran, segments)
-
-
-def _main(argv: Sequence[str] | None = None) -> Any:  # python -m onnxpass.plugins.gpu_check
-    from onnxpass.cli import main
-
-    return main(["plugins", "check", *(argv or [])])
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(_main(sys.argv[1:]))

@@ -33,7 +33,8 @@ LAYERNORM = register_plugin(PluginSpec(
     outputs=("y",),
     attributes=(
         PluginAttr("epsilon", "float", 1e-5, "added to the variance"),
-        PluginAttr("axis", "int", -1, "first normalized dimension; all later ones are normalized too"),
+        PluginAttr("axis", "int", -1,
+                   "first normalized dimension; all later ones are normalized too"),
     ),
     body=_body,
     doc=__doc__ or "",

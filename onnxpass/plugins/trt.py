@@ -17,7 +17,6 @@ preference: create the network with ``NetworkDefinitionCreationFlag.PREFER_AOT_P
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, List, Tuple, Union
@@ -26,6 +25,7 @@ import numpy as np
 
 from onnxpass.plugins.base import NAMESPACE, PluginSpec, all_plugins
 from onnxpass.plugins.kernels.base import KernelSpec, aot_kernel, get_kernel, launch
+from onnxpass.tensorrt_available import tensorrt_missing
 
 TRT_TYPES = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16", "int8": "INT8",
              "int32": "INT32", "int64": "INT64", "bool": "BOOL"}
@@ -34,10 +34,7 @@ _REGISTERED: set[str] = set()
 
 def missing() -> str | None:
     """Why TensorRT plugins cannot be registered here, or None."""
-    spec = importlib.util.find_spec("tensorrt")
-    if spec is None or spec.origin is None:  # origin None: a namespace (tensorrt-stubs only)
-        return "tensorrt not installed"
-    return None
+    return tensorrt_missing()
 
 
 def signature(spec: PluginSpec) -> list[tuple[str, str]]:

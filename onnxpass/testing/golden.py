@@ -14,7 +14,10 @@ A negative case (a near-miss the pass must leave alone) ends in ``# expected: un
 ``pytest --update-goldens`` rewrites expected sections but never turns a negative case into a
 positive one or back: that change fails and is made by hand.
 The comparison is structural: value and node names are canonicalized (renamed in topological
-order), node metadata and inferred value_info are dropped, initializers compare by value. Then the
+order), node metadata and inferred value_info are dropped, initializers compare by value. A plugin
+node's local function (its reference decomposition) prints as one digest line,
+``# function onnxpass.LayerNormPlugin sha256:<16 hex digits>`` of its text: its body is tested once,
+in tests/test_plugin_reference.py, not copied into every golden file that emits the plugin. Then the
 input and the result run in ONNX Runtime on the same random inputs and must agree (a result with
 bfloat16 values runs as :func:`onnxpass.debug_precision.simulate_float16` rewrites it: ORT's CPU
 provider has no bfloat16 arithmetic).
@@ -23,6 +26,8 @@ provider has no bfloat16 arithmetic).
 from __future__ import annotations
 
 import difflib
+import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,7 @@ import onnx
 
 from onnxpass.api import rewrite
 from onnxpass.loadcheck import check_loadable
+from onnxpass.plugins.base import DOMAIN
 from onnxpass.verify import compare_models, random_inputs
 
 EXPECTED = "# expected:"
@@ -58,13 +64,9 @@ class GoldenCase:
         head, sep, tail = text.partition(f"\n{EXPECTED}")
         if not sep:
             raise GoldenMismatch(f"{path}: no '{EXPECTED}' line")
-        header_lines = []
-        body_start = 0
         lines = head.splitlines()
-        for body_start, line in enumerate(lines):
-            if not line.startswith("#"):
-                break
-            header_lines.append(line)
+        header_lines = list(itertools.takewhile(lambda ln: ln.startswith("#"), lines))
+        body_start = len(header_lines)
         directives = {m.group(1): m.group(2).strip() for m in
                       (re.match(r"#\s*(passes|rtol|atol):(.*)", ln) for ln in header_lines) if m}
         if "passes" not in directives:
@@ -85,7 +87,8 @@ class GoldenCase:
         return original, out
 
     def write(self, actual_text: str | None) -> None:
-        tail = f"{EXPECTED} {UNCHANGED}\n" if actual_text is None else f"{EXPECTED}\n{actual_text}\n"
+        tail = (f"{EXPECTED} {UNCHANGED}\n" if actual_text is None
+                else f"{EXPECTED}\n{actual_text}\n")
         self.path.write_text(f"{self.header}\n{self.source.rstrip()}\n{tail}")
 
 
@@ -127,8 +130,20 @@ def canonical_text(model: onnx.ModelProto, keep: set[str] | None = None) -> str:
     del g.value_info[:]
     m.ClearField("producer_name")
     m.ClearField("producer_version")
+    # plugin functions become digest lines; any other local function stays in full
+    digests = [function_digest(f) for f in m.functions if f.domain == DOMAIN]
+    others = [f for f in m.functions if f.domain != DOMAIN]
+    del m.functions[:]
+    m.functions.extend(others)
     text = onnx.printer.to_text(m)
-    return "\n".join(line.rstrip() for line in text.splitlines())
+    return "\n".join([*(line.rstrip() for line in text.splitlines()), *digests])
+
+
+def function_digest(function: onnx.FunctionProto) -> str:
+    """One line naming a local function and a digest of its text (stable across protobuf
+    versions, unlike its serialized bytes)."""
+    digest = hashlib.sha256(onnx.printer.to_text(function).encode()).hexdigest()[:16]
+    return f"# function {function.domain}.{function.name} sha256:{digest}"
 
 
 def check_golden(path: str | Path, update: bool = False) -> None:

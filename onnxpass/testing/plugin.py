@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,25 +23,25 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 
 
 class GoldenFile(pytest.File):
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[GoldenItem]:
         yield GoldenItem.from_parent(self, name=self.path.stem)
 
 
 class GoldenItem(pytest.Item):
     def runtest(self) -> None:
-        check_golden(self.path, update=self.config.getoption("--update-goldens"))
+        check_golden(self.path, update=bool(self.config.getoption("--update-goldens")))
 
     def repr_failure(self, excinfo, style=None):  # type: ignore[no-untyped-def]
         if isinstance(excinfo.value, GoldenMismatch):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style)
 
-    def reportinfo(self):  # type: ignore[no-untyped-def]
+    def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"golden: {self.path.name}"
 
 
 @pytest.fixture
-def golden(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def golden(request: pytest.FixtureRequest) -> Callable[[str | Path], None]:
     """``golden(path)`` checks one golden file from a Python test (honours --update-goldens)."""
-    update = request.config.getoption("--update-goldens")
+    update = bool(request.config.getoption("--update-goldens"))
     return lambda path: check_golden(path, update=update)

@@ -1,32 +1,16 @@
 """TensorRT engine building (:mod:`.build`) and timing (:mod:`.bench`).
 
-TensorRT is imported lazily, only by :func:`import_tensorrt`: everything else (option parsing,
-profiles from ``--shapes``, the build record, timing ONNX Runtime) works where it is not installed.
+TensorRT is imported lazily, only by :func:`import_tensorrt` (:mod:`onnxpass.tensorrt_available`):
+everything else (option parsing, profiles from ``--shapes``, the build record, timing ONNX Runtime)
+works where it is not installed.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+# Re-exported: trt_build's callers import them from here; the answer lives in one module.
+from onnxpass.tensorrt_available import INSTALL_HINT, TensorRTMissing, import_tensorrt
 
-from onnxpass.errors import OnnxpassError
-
-INSTALL_HINT = ("TensorRT is not installed (`import tensorrt` failed): install it with "
-                "`pip install tensorrt` (NVIDIA GPU, driver and CUDA needed) or from "
-                "https://developer.nvidia.com/tensorrt")
-
-
-class TensorRTMissing(OnnxpassError):
-    """TensorRT is needed for this command and cannot be imported."""
-
-
-def import_tensorrt() -> ModuleType:
-    try:
-        import tensorrt
-    except ImportError:
-        raise TensorRTMissing(INSTALL_HINT) from None
-    if not hasattr(tensorrt, "__version__"):  # a bare namespace: tensorrt-stubs' .pyi files only
-        raise TensorRTMissing(INSTALL_HINT)
-    return tensorrt
+__all__ = ["INSTALL_HINT", "TensorRTMissing", "import_tensorrt", "trt_major"]
 
 
 def trt_major(version: str) -> int:

@@ -16,7 +16,7 @@ fp8        strongly typed network;      graph needs Q/DQ; GPU needs compute capa
 =========  ===========================  ==================================================
 
 ``--strongly-typed`` makes TensorRT 10 behave like 11 (the graph decides; fp16 and bf16 run
-their pass; ``--fp16-pins`` gives either pass a pin list).
+their pass; ``--pins``, alias ``--fp16-pins``, gives either pass a pin list).
 """
 
 from __future__ import annotations
@@ -242,21 +242,14 @@ def rewritten_path(engine: str | Path) -> Path:
 
 def _rewrite(model_path: str, spec: str, out: Path, pins: str | None = None
              ) -> tuple[str, list[str]]:
-    """Run passes (``spec`` as for ``onnxpass run --passes``, the fp16 pass with the pin list
-    ``pins``); returns the written model's path and the passes' labels."""
-    from onnxpass.graph import Graph, check_model, load_model, save_model
-    from onnxpass.passes.base import parse_passes
-    from onnxpass.passes.fp16 import apply_pins
-    from onnxpass.passes.manager import PassManager
+    """Run passes (``spec`` as for ``onnxpass run --passes``, the low-precision pass with the pin
+    list ``pins``); returns the written model's path and the passes' labels."""
+    from onnxpass.passes.manager import Pipeline
 
-    passes = parse_passes(spec)
-    apply_pins(passes, pins, "--fp16-pins (use --strongly-typed, or fp16 in --passes)")
-    model = load_model(model_path)
-    check_model(model, model_path)
-    graph = Graph(model, str(Path(model_path).resolve().parent))
-    result = PassManager(passes).run(graph)
-    save_model(result.graph.to_model(), out, graph.base_dir)
-    return str(out), [p.label for p in passes]
+    pipeline = Pipeline(spec, {"pins": pins} if pins else None,
+                        flag="--pins (use --strongly-typed, or fp16 in --passes)")
+    pipeline.rewrite_file(model_path, out)
+    return str(out), pipeline.labels
 
 
 def _graph_pass_spec(plan: PrecisionPlan, passes: str | None) -> str | None:
@@ -281,7 +274,8 @@ def _gpu() -> tuple[str | None, tuple[int, int] | None]:
     return None, None
 
 
-def build(model_path: str, engine_path: str, opts: BuildOptions, log: Any = print) -> dict[str, Any]:
+def build(model_path: str, engine_path: str, opts: BuildOptions,
+          log: Any = print) -> dict[str, Any]:
     """Build ``engine_path`` from ``model_path``; writes the record beside it and returns it."""
     from onnxpass.graph import load_model
 
@@ -402,7 +396,7 @@ def options_from_args(args: Any) -> BuildOptions:
         raise OnnxpassError(f"--opt-level {args.opt_level}: expected 0 to 5")
     parse_shapes(args.shapes)
     if args.fp16_pins:
-        from onnxpass.passes.fp16 import read_pins
+        from onnxpass.passes.pins import read_pins
 
         read_pins(args.fp16_pins)
     if args.passes:
@@ -432,8 +426,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--timing-cache", metavar="FILE", help="read (if present) and update this cache")
     p.add_argument("--opt-level", type=int, help="builder optimization level 0-5 (default 3)")
     p.add_argument("--passes", help="rewrite with these passes first (as onnxpass run --passes)")
-    p.add_argument("--fp16-pins", metavar="FILE",
-                   help="nodes the fp16 pass keeps float32 (onnxpass debug precision writes it)")
+    p.add_argument("--pins", "--fp16-pins", dest="fp16_pins", metavar="FILE",
+                   help="nodes the fp16 or bf16 pass keeps float32 (onnxpass debug precision "
+                        "writes it; --fp16-pins is an alias)")
     p.add_argument("--no-plugins", action="store_true", help="do not register onnxpass plugins")
     p.add_argument("--jit", action="store_true",
                    help="plugins through their JIT (Python) implementation, not AOT")

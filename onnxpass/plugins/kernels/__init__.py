@@ -2,12 +2,25 @@
 plugin, each registering a :class:`KernelSpec` (see base.py). TensorRT registration of these
 kernels is in onnxpass/plugins/trt.py."""
 
-from onnxpass.plugins.kernels import gelu, layernorm  # noqa: F401
-from onnxpass.plugins.kernels import (add_bias_transpose, l2norm, mask2pos,  # noqa: F401
-                                     masked_softmax)
-from onnxpass.plugins.kernels import attention  # noqa: F401
-from onnxpass.plugins.kernels.base import (AotKernel, Case, KernelSpec, Launch, aot_kernel,
-                                           get_kernel, implementations, run)
+from onnxpass.plugins.kernels import (  # noqa: F401  # noqa: F401
+                                     add_bias_transpose,
+                                     attention,
+                                     gelu,
+                                     l2norm,
+                                     layernorm,
+                                     mask2pos,
+                                     masked_softmax,
+)
+from onnxpass.plugins.kernels.base import (
+                                     AotKernel,
+                                     Case,
+                                     KernelSpec,
+                                     Launch,
+                                     aot_kernel,
+                                     get_kernel,
+                                     implementations,
+                                     run,
+)
 
 __all__ = ["AotKernel", "Case", "KernelSpec", "Launch", "aot_kernel", "get_kernel",
            "implementations", "run"]

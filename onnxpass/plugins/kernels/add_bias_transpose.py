@@ -14,8 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, jit, next_pow2,
-                                           register_kernel, static, tl)
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    Launch,
+    cdiv,
+    jit,
+    next_pow2,
+    register_kernel,
+    static,
+    tl,
+)
 
 PERMS = {(0, 2, 1, 3): False, (0, 2, 3, 1): True}  # perm -> K transposed
 

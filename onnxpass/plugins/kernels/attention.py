@@ -41,8 +41,19 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
-from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, jit, next_pow2, prod,
-                                           np_dtype, register_kernel, static, tl)
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    Launch,
+    cdiv,
+    jit,
+    next_pow2,
+    np_dtype,
+    prod,
+    register_kernel,
+    static,
+    tl,
+)
 
 
 def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, *, scale: float,
@@ -94,7 +105,8 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
         # keys past L get -inf through the mask term, not a select on the whole tile
         s = tl.dot(q, k, input_precision=PRECISION) * SCALE
         if MASK == 1:
-            s += tl.where(n_ok, bias, ninf)[None, :]
+            # MASK is a constexpr: bias is bound above whenever MASK == 1
+            s += tl.where(n_ok, bias, ninf)[None, :]  # pyright: ignore[reportPossiblyUnboundVariable]
         elif MASK == 2:  # the same for every query row (a key-padding mask): one vector
             s += tl.load(m_base + n * MASK_L, mask=n_ok, other=ninf).to(tl.float32)[None, :]
         else:

@@ -19,17 +19,18 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from onnxpass.plugins.base import PluginSpec, get_plugin
+from onnxpass.tensorrt_available import tensorrt_missing
 
 try:
     import triton
     import triton.language as tl
 except ImportError:  # onnxpass and the NumPy references work without Triton
-    triton = tl = None
+    triton = tl = cast(Any, None)  # every use sits behind a Triton-needing entry point
 
 Dim = Any  # an int or a symbolic dim supporting + - * //
 
@@ -181,8 +182,8 @@ def register_kernel(k: KernelSpec) -> KernelSpec:
 
 
 def get_kernel(plugin: str) -> KernelSpec | None:
-    from onnxpass.plugins import kernels  # noqa: F401  (registers the built-in kernels)
-
+    # No import of the built-in kernels here: importing this module runs the package's
+    # __init__ first, which imports every kernel module (an import back would be a cycle).
     return _KERNELS.get(plugin)
 
 
@@ -196,9 +197,7 @@ def implementations(spec: PluginSpec) -> list[tuple[str, str | None]]:
     if k.plan is None:
         return out
     out.append(("triton", None if triton is not None else "triton not installed"))
-    from onnxpass.plugins import trt
-
-    missing = trt.missing()
+    missing = tensorrt_missing()  # not plugins.trt's: that module imports this one
     out += [("tensorrt-jit", missing), ("tensorrt-aot", missing)]
     return out
 

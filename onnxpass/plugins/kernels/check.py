@@ -20,9 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from onnxpass.plugins.kernels.base import (Case, KernelSpec, aot_kernel, get_kernel, np_dtype,
-                                           run, static)
 from onnxpass.plugins.base import all_plugins
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    aot_kernel,
+    get_kernel,
+    np_dtype,
+    run,
+    static,
+)
 from onnxpass.verify import ErrorStats, error_stats
 
 # (rtol, atol) of a kernel against the float64 reference rounded to the output dtype
@@ -105,7 +112,7 @@ def symbolic_batch(case: Case) -> tuple[list[list[Any]], dict[str, int]]:
     if len(first) < 2:
         return [list(s) for s in case.shapes], {}
     b = sym("batch")
-    shapes = [list(case.shapes[0])] + [list(s) for s in case.shapes[1:]]
+    shapes: list[list[Any]] = [list(s) for s in case.shapes]
     shapes[0][0] = b
     return shapes, {"batch": first[0]}
 
@@ -142,7 +149,7 @@ def aot_report(k: KernelSpec, case: Case, dtype: str, target: Any, symbolic: boo
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "onnxpass kernel check").splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--aot", action="store_true", help="compile PTX for sm_90 instead of running")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -11,8 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, jit, prod,
-                                           register_kernel, static_factor, tl)
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    Launch,
+    cdiv,
+    jit,
+    prod,
+    register_kernel,
+    static_factor,
+    tl,
+)
 
 BLOCK = 2048
 
@@ -30,7 +39,7 @@ def _erf(x: np.ndarray) -> np.ndarray:
     try:
         from scipy.special import erf
     except ImportError:
-        return np.frompyfunc(math.erf, 1, 1)(x).astype(np.float64)
+        return np.asarray(np.frompyfunc(math.erf, 1, 1)(x)).astype(np.float64)
     return erf(x)
 
 

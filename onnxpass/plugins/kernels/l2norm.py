@@ -18,8 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, helper, jit,
-                                           next_pow2, np_dtype, prod, register_kernel, static, tl)
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    Launch,
+    cdiv,
+    helper,
+    jit,
+    next_pow2,
+    np_dtype,
+    prod,
+    register_kernel,
+    static,
+    tl,
+)
 
 MAX_ROW = 16384
 FLT_MAX = float(np.finfo(np.float32).max)

@@ -19,8 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, jit, next_pow2, prod,
-                                           register_kernel, static, tl)
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    Launch,
+    cdiv,
+    jit,
+    next_pow2,
+    prod,
+    register_kernel,
+    static,
+    tl,
+)
 
 MAX_ROW = 16384
 

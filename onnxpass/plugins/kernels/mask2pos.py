@@ -13,8 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, jit, next_pow2, prod,
-                                           register_kernel, static, tl)
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    Launch,
+    cdiv,
+    jit,
+    next_pow2,
+    prod,
+    register_kernel,
+    static,
+    tl,
+)
 
 
 def reference(mask: np.ndarray, *, axis: int, offset: float, eps: float, scale: float,

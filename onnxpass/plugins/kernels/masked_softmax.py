@@ -22,9 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from onnxpass.plugins.kernels.base import (Case, KernelSpec, Launch, cdiv, helper, jit,
-                                           next_pow2, np_dtype, prod, register_kernel, static,
-                                           static_factor, tl)
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    Launch,
+    cdiv,
+    helper,
+    jit,
+    next_pow2,
+    np_dtype,
+    prod,
+    register_kernel,
+    static,
+    static_factor,
+    tl,
+)
 
 MAX_ROW = 16384
 LEAD = 4  # leading (non-softmax) dims the kernels index
@@ -94,8 +106,9 @@ def masked_softmax_rows(x_ptr, mask_ptr, n_rows, d1, d2, d3, xs0, xs1, xs2, xs3,
     mk = tl.load(mask_ptr + mo, mask=ok, other=0)
     z = _masked(x.to(tl.float32), mk, FILL, MODE, INVERT)
     z = tl.where(ok, z, float("-inf"))
-    e = tl.exp(z - tl.max(z, axis=1)[:, None])
-    y = e / tl.sum(e, axis=1)[:, None]
+    # Triton's annotations type tensor[...] with one constexpr, not a tuple of slices and None
+    e = tl.exp(z - tl.max(z, axis=1)[:, None])  # pyright: ignore[reportCallIssue, reportArgumentType]
+    y = e / tl.sum(e, axis=1)[:, None]  # pyright: ignore[reportArgumentType]
     yo = rows.to(tl.int64)[:, None] * n + cols[None, :]
     tl.store(y_ptr + yo, y.to(y_ptr.dtype.element_ty), mask=ok)
 

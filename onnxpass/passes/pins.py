@@ -1,0 +1,53 @@
+"""Pin lists: the file that names what a low-precision pass keeps float32.
+
+One entry a line: ``op:TYPE``, ``node:NAME`` (``*``, ``?`` and ``[...]`` match as in shell globs),
+``pattern:PASS`` or a bare node name; ``#`` starts a comment. ``onnxpass debug precision`` writes
+them; ``onnxpass run/build --pins FILE`` (or ``ONNXPASS_FP16_PINS``) reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+from onnxpass.errors import OnnxpassError
+from onnxpass.graph import Node
+
+PINS_ENV = "ONNXPASS_FP16_PINS"
+"""The environment variable naming a pin list every low-precision pass reads."""
+
+
+class PinList(NamedTuple):
+    """What a pin-list file names: op types, node names or globs, pattern pass names."""
+
+    ops: set[str]
+    nodes: set[str]
+    patterns: set[str]
+
+
+def read_pins(path: str | os.PathLike[str]) -> PinList:
+    """Parse the pin-list file at ``path``; an unreadable file is a one-line error."""
+    ops: set[str] = set()
+    nodes: set[str] = set()
+    patterns: set[str] = set()
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise OnnxpassError(f"{path}: cannot read the pin list: "
+                            f"{getattr(e, 'strerror', None) or e}") from None
+    for line in text.splitlines():
+        entry = line.split("#", 1)[0].strip()
+        kind, sep, value = entry.partition(":")
+        if not entry:
+            continue
+        if sep and kind in ("op", "pattern"):
+            (ops if kind == "op" else patterns).add(value.strip())
+        else:
+            nodes.add(value.strip() if sep and kind == "node" else entry)
+    return PinList(ops, nodes, patterns)
+
+
+def node_key(n: Node) -> str:
+    """How a pin list names a node: its name, or its first output when it has none."""
+    return n.name or n.outputs[0]
