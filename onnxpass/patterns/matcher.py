@@ -431,67 +431,44 @@ def _short(arr: Any) -> str:
     return repr(a.reshape(-1)[:4].tolist()) + ("..." if a.size > 4 else "")
 
 
+def pattern_values(p: PValue) -> Iterator[PValue]:
+    """Every PValue of a pattern, once each (shared sub-patterns are one value)."""
+    seen: set[int] = set()
+    stack = [p]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        if isinstance(x, Out):
+            stack.extend(x.node.inputs)
+        elif isinstance(x, Alt):
+            stack.extend(x.branches)
+        elif isinstance(x, Optional):
+            stack.extend((x.present, x.absent))
+        elif isinstance(x, Repeat):
+            stack.extend((x.node.outs[0], x.base))
+        elif isinstance(x, Shared):
+            stack.append(x.inner)
+
+
 def pattern_nodes(p: PValue) -> list[PNode]:
     """All PNodes of a pattern (for counting how far a match got)."""
-    seen: dict[int, PNode] = {}
-
-    def walk(x: PValue) -> None:
-        if isinstance(x, Out):
-            if id(x.node) in seen:
-                return
-            seen[id(x.node)] = x.node
-            for i in x.node.inputs:
-                walk(i)
-        elif isinstance(x, Alt):
-            for br in x.branches:
-                walk(br)
-        elif isinstance(x, Optional):
-            walk(x.present)
-            walk(x.absent)
-        elif isinstance(x, Repeat):
-            walk(x.node.outs[0])
-            walk(x.base)
-        elif isinstance(x, Shared):
-            walk(x.inner)
-
-    walk(p)
-    return list(seen.values())
+    nodes = {id(x.node): x.node for x in pattern_values(p) if isinstance(x, Out)}
+    return list(nodes.values())
 
 
 def pattern_names(p: PValue) -> set[str]:
     """Every name a match of ``p`` can bind: Vars and named Consts, attributes bound by name, and
     Alt tags (what ``Match`` accepts; anything else is a misspelling)."""
     names: set[str] = set()
-    seen: set[int] = set()
-
-    def attr(a: Any) -> None:
-        if isinstance(a, Var) or (isinstance(a, Attr) and a.name):
-            names.add(a.name)  # type: ignore[arg-type]
-
-    def walk(x: PValue) -> None:
-        if id(x) in seen:
-            return
-        seen.add(id(x))
-        if isinstance(x, Var) or (isinstance(x, Const) and x.name):
-            names.add(x.name)  # type: ignore[arg-type]
+    for x in pattern_values(p):
+        if isinstance(x, Var | Const) and x.name:
+            names.add(x.name)
         elif isinstance(x, Out):
-            for a in x.node.attrs.values():
-                attr(a)
-            for i in x.node.inputs:
-                walk(i)
-        elif isinstance(x, Alt):
-            if x.tag:
-                names.add(x.tag)
-            for br in x.branches:
-                walk(br)
-        elif isinstance(x, Optional):
-            walk(x.present)
-            walk(x.absent)
-        elif isinstance(x, Repeat):
-            walk(x.node.outs[0])
-            walk(x.base)
-        elif isinstance(x, Shared):
-            walk(x.inner)
-
-    walk(p)
+            names.update(a.name for a in x.node.attrs.values()
+                         if isinstance(a, Var | Attr) and a.name)
+        elif isinstance(x, Alt) and x.tag:
+            names.add(x.tag)
     return names
