@@ -19,6 +19,7 @@ from onnxpass.errors import OnnxpassError
 from onnxpass.passes.lowprec import BFloat16
 from onnxpass.passes.pins import read_pins
 from onnxpass.verify import random_inputs, run, scaled_stats
+from tests.helpers import toy_model
 
 
 def rewrite(model: onnx.ModelProto, spec: object = "bf16") -> onnx.ModelProto:
@@ -28,24 +29,14 @@ def rewrite(model: onnx.ModelProto, spec: object = "bf16") -> onnx.ModelProto:
     return out
 
 
-def _toy() -> onnx.ModelProto:
-    return onnx.parser.parse_model("""
-<ir_version: 8, opset_import: ["" : 17]>
-g (float[2,8] x) => (float[2,8] y) {
-  a = Relu (x)
-  b = Exp (a)
-  y = Softmax <axis = -1> (b)
-}""")
-
-
 def test_one_precision_pass_per_model() -> None:
     """bf16 on a graph fp16 converted, or fp16 on one bf16 converted: a one-line error, not a
     graph with float16 and bfloat16 values; pins work as for fp16."""
     for first, second, left in [("fp16", "bf16", "float16"), ("bf16", "fp16", "bfloat16")]:
         with pytest.raises(OnnxpassError, match=f"already has {left} from the other") as e:
-            rewrite(rewrite(_toy(), first), second)
+            rewrite(rewrite(toy_model(), first), second)
         assert "\n" not in str(e.value)
-    bf = rewrite(_toy(), [BFloat16(keep_ops={"Exp"})])
+    bf = rewrite(toy_model(), [BFloat16(keep_ops={"Exp"})])
     assert [n.op_type for n in bf.graph.node] == ["Cast", "Relu", "Cast", "Exp", "Softmax"]
 
 

@@ -16,7 +16,7 @@ from onnxpass.errors import OnnxpassError
 from onnxpass.passes.lowprec import Float16
 from onnxpass.passes.pins import read_pins
 from onnxpass.verify import error_stats, random_inputs, run, scaled_stats
-from tests.helpers import tensorrt_missing
+from tests.helpers import computed_types, tensorrt_missing, toy_model
 from tests.models_attention import minilm_cache, minilm_path, padded_inputs
 
 RTOL = 1e-2
@@ -119,34 +119,17 @@ def test_other_model_fp16(request: pytest.FixtureRequest, name: str, exporter: s
     print(f"\n{name}-{exporter}: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
 
 
-def _toy() -> onnx.ModelProto:
-    return onnx.parser.parse_model("""
-<ir_version: 8, opset_import: ["" : 17]>
-g (float[2,8] x) => (float[2,8] y) {
-  a = Relu (x)
-  b = Exp (a)
-  y = Softmax <axis = -1> (b)
-}""")
-
-
-def _float_ops(model: onnx.ModelProto) -> dict[str, int]:
-    """op type -> elem type it computes in (from inferred value types)."""
-    m = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.value_info, *m.graph.output]}
-    return {n.op_type: types[n.output[0]] for n in m.graph.node if n.op_type != "Cast"}
-
-
 def test_pins_by_op_node_and_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     F, H = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-    assert _float_ops(fp16(_toy())) == {"Relu": H, "Exp": H, "Softmax": F}
-    assert _float_ops(fp16(_toy(), Float16(keep_ops={"Exp"}))) == {
+    assert computed_types(fp16(toy_model())) == {"Relu": H, "Exp": H, "Softmax": F}
+    assert computed_types(fp16(toy_model(), Float16(keep_ops={"Exp"}))) == {
         "Relu": H, "Exp": F, "Softmax": F}
-    assert _float_ops(fp16(_toy(), Float16("all", keep_nodes={"b"}))) == {
+    assert computed_types(fp16(toy_model(), Float16("all", keep_nodes={"b"}))) == {
         "Relu": H, "Exp": F, "Softmax": H}
     pins = tmp_path / "pins.txt"
     pins.write_text("# pins\nop:Relu\nnode:b  # the Exp\n")
     assert read_pins(pins) == ({"Relu"}, {"b"}, set())
-    assert _float_ops(fp16(_toy(), Float16("all", pins=str(pins)))) == {
+    assert computed_types(fp16(toy_model(), Float16("all", pins=str(pins)))) == {
         "Relu": F, "Exp": F, "Softmax": H}
 
 
@@ -181,13 +164,13 @@ def test_pins_by_glob_and_pattern(real_models, tmp_path) -> None:  # type: ignor
 
 
 def test_float16_io() -> None:
-    half = fp16(_toy(), Float16("all", keep_io_types=False))
+    half = fp16(toy_model(), Float16("all", keep_io_types=False))
     onnx.checker.check_model(half)
     assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     assert not any(n.op_type == "Cast" for n in half.graph.node)
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float16)
-    ref = run(_toy(), {"x": x.astype(np.float32)})["y"]
+    ref = run(toy_model(), {"x": x.astype(np.float32)})["y"]
     assert error_stats("y", ref, run(half, {"x": x})["y"], 1e-2, 1e-3).within
 
 
@@ -284,13 +267,13 @@ def test_run_reads_the_pin_list(tmp_path, capsys) -> None:  # type: ignore[no-un
     from onnxpass.cli import main
 
     src, out = tmp_path / "toy.onnx", tmp_path / "out.onnx"
-    onnx.save(_toy(), src)
+    onnx.save(toy_model(), src)
     pins = tmp_path / "pins.txt"
     pins.write_text("op:Exp\n")
     assert main(["run", str(src), "--passes", "fp16", "--fp16-pins", str(pins), "-o", str(out),
                  "-q"]) == 0
     F, H = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-    assert _float_ops(onnx.load(str(out))) == {"Relu": H, "Exp": F, "Softmax": F}
+    assert computed_types(onnx.load(str(out))) == {"Relu": H, "Exp": F, "Softmax": F}
     out.unlink()
     for passes, pin_file, message in [("cleanup", pins, "which does not run here"),
                                       ("fp16", tmp_path / "none.txt", "cannot read the pin list")]:

@@ -15,24 +15,9 @@ from onnxpass.graph import Node
 from onnxpass.passes.base import Pass, PassContext, registry
 from onnxpass.passes.lowprec import BFloat16, Float16, LowPrecision
 from onnxpass.passes.manager import Pipeline, parse_pipeline
+from tests.helpers import computed_types, toy_model
 
 F, H = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-
-
-def _toy() -> onnx.ModelProto:
-    return onnx.parser.parse_model("""
-<ir_version: 8, opset_import: ["" : 17]>
-g (float[2,8] x) => (float[2,8] y) {
-  a = Relu (x)
-  b = Exp (a)
-  y = Softmax <axis = -1> (b)
-}""")
-
-
-def _types(model: onnx.ModelProto) -> dict[str, int]:
-    m = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in [*m.graph.value_info, *m.graph.output]}
-    return {n.op_type: types[n.output[0]] for n in m.graph.node if n.op_type != "Cast"}
 
 
 class _Restless(Pass):
@@ -49,15 +34,15 @@ class _Restless(Pass):
 
 
 def test_a_pipeline_that_does_not_converge_says_so() -> None:
-    _, result = Pipeline([_Restless()], max_rounds=3).rewrite(_toy())
+    _, result = Pipeline([_Restless()], max_rounds=3).rewrite(toy_model())
     assert not result.converged and result.rounds == 3
     assert "pipeline did not converge after 3 rounds" in result.notes[-1]
-    _, calm = Pipeline("noop").rewrite(_toy())
+    _, calm = Pipeline("noop").rewrite(toy_model())
     assert calm.converged and not calm.notes
 
 
 def test_stats_are_per_pass_instance() -> None:
-    _, result = Pipeline([_Restless(), _Restless()], max_rounds=2).rewrite(_toy())
+    _, result = Pipeline([_Restless(), _Restless()], max_rounds=2).rewrite(toy_model())
     assert [(s.name, s.matches) for s in result.stats] == [("restless", 2), ("restless", 2)]
 
 
@@ -65,8 +50,8 @@ def test_pins_through_the_spec_and_the_options(tmp_path: Path) -> None:
     pins = tmp_path / "pins.txt"
     pins.write_text("op:Exp\n")
     for spec, options in [(f"fp16:pins={pins}", None), ("fp16", {"pins": str(pins)})]:
-        model, _ = Pipeline(spec, options).rewrite(_toy())
-        assert _types(model) == {"Relu": H, "Exp": F, "Softmax": F}
+        model, _ = Pipeline(spec, options).rewrite(toy_model())
+        assert computed_types(model) == {"Relu": H, "Exp": F, "Softmax": F}
     with pytest.raises(OnnxpassError, match="which does not run here"):
         parse_pipeline("cleanup", {"pins": str(pins)})
     with pytest.raises(OnnxpassError, match="which does not run here"):
@@ -79,7 +64,7 @@ def test_pins_flag_and_its_alias(tmp_path: Path, capsys: pytest.CaptureFixture[s
     from onnxpass.cli import main
 
     src = tmp_path / "toy.onnx"
-    onnx.save(_toy(), src)
+    onnx.save(toy_model(), src)
     pins = tmp_path / "pins.txt"
     pins.write_text("op:Exp\n")
     for flag in ("--pins", "--fp16-pins"):
@@ -89,7 +74,7 @@ def test_pins_flag_and_its_alias(tmp_path: Path, capsys: pytest.CaptureFixture[s
                      str(pins), "-o", str(out), "--json"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["converged"] is True
-        types = _types(onnx.load(str(out)))
+        types = computed_types(onnx.load(str(out)))
         assert types["Exp"] == F and types["Relu"] != F  # the pins reached bf16 and fp16 alike
 
 
