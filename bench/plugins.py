@@ -32,6 +32,7 @@ from onnxpass.plugins.kernels import (
     get_kernel,
     layernorm as ln_kernels,
     masked_softmax as ms_kernels,
+    rmsnorm as rms_kernels,
 )
 from onnxpass.plugins.kernels.base import _driver_ptx_version, launch, np_dtype
 from onnxpass.plugins.kernels.check import TOLERANCES, sym, tolerance, value
@@ -46,6 +47,9 @@ CASES = [
     ("LayerNormPlugin", "MobileViT-S b64 stage 5", (256, 16, 240), {}),
     ("LayerNormPlugin", "DETR-R50 8x850 encoder", (850, 8, 256), {}),
     ("LayerNormPlugin", "anchor 32768x1024", (32768, 1024), {}),
+    # RMSNorm over the last dim: Llama-7B's hidden size at 8192 tokens, ViT-B's rows
+    ("RMSNormPlugin", "Llama-7B 8192 tokens", (8192, 4096), {"epsilon": 1e-6}),
+    ("RMSNormPlugin", "ViT-B/16 64x197 rows", (64 * 197, 768), {"epsilon": 1e-6}),
     ("GeluPlugin", "ViT-B/16 64x197 MLP", (64, 197, 3072), {"approximate": 0}),
     ("GeluPlugin", "ViT-B/16 64x197 MLP, tanh", (64, 197, 3072), {"approximate": 1}),
     ("GeluPlugin", "anchor 12608x768", (12608, 768), {"approximate": 0}),
@@ -70,6 +74,8 @@ CASES = [
 def shapes_of(plugin: str, x: tuple[int, ...]) -> list[list[int]]:
     if plugin == "LayerNormPlugin":
         return [list(x), [x[-1]], [x[-1]]]
+    if plugin == "RMSNormPlugin":
+        return [list(x), [x[-1]]]
     if plugin == "MaskedSoftmaxPlugin":
         return [list(x), [x[0]] + [1] * (len(x) - 2) + [x[-1]]]
     if plugin == "AddBiasTransposePlugin":
@@ -147,6 +153,8 @@ def inputs(plugin: str, shapes: list[list[int]], dtype: str) -> list[Any]:
         n = shapes[1][0]
         return [x, (1 + 0.2 * torch.randn(n, generator=g, device="cuda")).to(t),
                 (0.1 * torch.randn(n, generator=g, device="cuda")).to(t)]
+    if plugin == "RMSNormPlugin":
+        return [x, (1 + 0.2 * torch.randn(shapes[1][0], generator=g, device="cuda")).to(t)]
     return [x]
 
 
@@ -205,6 +213,9 @@ def torch_op(plugin: str, ins: list[Any], attrs: dict[str, Any]) -> Any:
     if plugin == "LayerNormPlugin":
         x, g, b = ins
         return lambda: F.layer_norm(x, x.shape[-1:], g, b, attrs.get("epsilon", 1e-5))
+    if plugin == "RMSNormPlugin":
+        x, g = ins
+        return lambda: F.rms_norm(x, x.shape[-1:], g, attrs.get("epsilon", 1e-5))
     if plugin == "L2NormPlugin":
         return lambda: F.normalize(ins[0], dim=attrs.get("axis", -1), eps=attrs["eps"])
     if plugin == "MaskedSoftmaxPlugin":
@@ -327,8 +338,8 @@ def sweeps() -> list[dict[str, Any]]:
 
     out = []
     for plugin, label, x, attrs in CASES:
-        if plugin not in ("LayerNormPlugin", "GeluPlugin", "MaskedSoftmaxPlugin",
-                          "AddBiasTransposePlugin"):
+        if plugin not in ("LayerNormPlugin", "RMSNormPlugin", "GeluPlugin",
+                          "MaskedSoftmaxPlugin", "AddBiasTransposePlugin"):
             continue
         shapes = shapes_of(plugin, x)
         ins = inputs(plugin, shapes, "float16")
@@ -336,10 +347,10 @@ def sweeps() -> list[dict[str, Any]]:
         values = get_plugin(plugin).attr_values(attrs)
         in_dtypes = dtypes_of(plugin, "float16", len(ins))
         nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
-        if plugin == "LayerNormPlugin":
+        if plugin in ("LayerNormPlugin", "RMSNormPlugin"):
             configs = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8, 16)
                        for w in (4, 8)]
-            make = ln_kernels.plan
+            make = ln_kernels.plan if plugin == "LayerNormPlugin" else rms_kernels.plan
         elif plugin == "GeluPlugin":
             if attrs.get("approximate"):
                 continue
@@ -357,7 +368,7 @@ def sweeps() -> list[dict[str, Any]]:
         for c in configs:
             try:
                 plan = make(shapes, in_dtypes, values, **c)
-                if plan.kernel.__name__ == "layernorm_rows" and \
+                if plan.kernel.__name__ in ("layernorm_rows", "rmsnorm_rows") and \
                         plan.constexprs["BLOCK_N"] * plan.constexprs["ROWS"] > 32768:
                     continue
                 ms = bench(lambda: launch(plan, ins, [y]))

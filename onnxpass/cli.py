@@ -523,11 +523,11 @@ def cmd_match(args: argparse.Namespace) -> int:
 def _match_report(args: argparse.Namespace) -> list[dict[str, object]]:
     """Where the passes match (and with --explain, where and why they stop)."""
     from onnxpass.passes.base import PatternPass
+    from onnxpass.passes.manager import first_pass_view
 
     passes = _parse_passes(args.passes)
-    graph = _load(args.model)
-    graph.remove_dead()  # what `run` sees: the runner drops dead code before the first round
-    graph.refresh_types()
+    # what `run` hands the first pass: dead code dropped, types inferred, canonical forms
+    graph = first_pass_view(_load(args.model), passes)
     report: list[dict[str, object]] = []
     for p in passes:
         if not isinstance(p, PatternPass):

@@ -11,9 +11,11 @@ saving are in :mod:`onnxpass.modelio`, opset conversion in :mod:`onnxpass.opset`
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -174,6 +176,8 @@ class Graph:
         self._used_names: set[str] = _all_names(g)
         self._name_counts: dict[str, int] = {}
         self._schema_cache: dict[tuple[str, str, str], Any] = {}
+        # Values still of unknown rank after the last symbolic inference (see refresh_types).
+        self._beyond_symbolic: frozenset[str] = frozenset()
         self.producer: Mapping[str, Node] = MappingProxyType(self._producer)
         self.types: Mapping[str, onnx.TypeProto] = MappingProxyType(self._types)
         for vi in itertools.chain(g.input, g.output, g.value_info):
@@ -533,7 +537,12 @@ class Graph:
 
     def refresh_types(self, skel: onnx.ModelProto | None = None, retry: bool = True) -> None:
         """Run shape inference on the weight-free skeleton (``skel``, if the caller just made one
-        from ``to_model()``) and record every value's type. Changes no node."""
+        from ``to_model()``) and record every value's type. Changes no node.
+
+        ONNX's inference (with data propagation) goes first. Where it leaves a value's rank
+        unknown (a Reshape to a shape computed by Shape -> Slice -> Cast -> Concat, as
+        Paddle2ONNX writes every one), ONNX Runtime's symbolic shape inference runs on the
+        skeleton too, and fills in only what ONNX left unknown (:func:`symbolic_types`)."""
         if skel is None:
             skel, _ = skeleton(self.to_model())
         try:
@@ -545,9 +554,60 @@ class Graph:
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
                 self._types[vi.name] = vi.type
         self._const_cache.clear()
+        # Run only for values the last run did not already leave unknown: it would again.
+        if self._unranked() - self._beyond_symbolic:
+            self._fill_types(symbolic_types(skel, self._types))
+            self._beyond_symbolic = self._unranked()
         if self._hook_types() and retry:
             # What follows such a node is inferred again, now that its outputs are typed.
             self.refresh_types(retry=False)
+
+    def _unranked(self) -> frozenset[str]:
+        """The values nodes compute, and something reads, whose rank is unknown."""
+        found = []
+        for n in self._nodes.values():
+            for o in n.outputs:
+                if o and (o in self._consumers or o in self._output_set):
+                    t = self._types.get(o)
+                    if t is None or not t.tensor_type.HasField("shape"):
+                        found.append(o)
+        return frozenset(found)
+
+    def _fill_types(self, found: Mapping[str, tuple[int, list[Dim]]]) -> None:
+        """Merge ``found`` (value -> element type, dims) into the recorded types where they
+        leave a value's rank, element type or a dim unknown; a known dim is never changed. A
+        value whose rank or known dims disagree keeps what it had."""
+        inputs = {d.dim_param for vi in self.model.graph.input
+                  for d in vi.type.tensor_type.shape.dim if d.dim_param}
+        for n in self._nodes.values():
+            for o in n.outputs:
+                if not o or o not in found:
+                    continue
+                elem, dims = found[o]
+                t = self._types.get(o)
+                have = t.tensor_type if t is not None else None
+                elem = have.elem_type if have is not None and have.elem_type else elem
+                if not elem:
+                    continue
+                if have is None or not have.HasField("shape"):
+                    self._types[o] = helper.make_tensor_type_proto(elem, dims)
+                    continue
+                old = have.shape.dim
+                if len(old) != len(dims):
+                    continue
+                was: list[Dim] = [d.dim_value if d.HasField("dim_value") else
+                                  (d.dim_param or None) for d in old]
+                merged: list[Dim] = []
+                for d, new in zip(was, dims):
+                    # A symbol ONNX made up for an unknown dim says less than ONNX Runtime's dim.
+                    known = None if isinstance(d, str) and d.startswith("unk__") \
+                        and d not in inputs else d
+                    if known is not None and new is not None and new != known:
+                        break  # they disagree: keep ONNX's
+                    merged.append(known if known is not None else new if new is not None else d)
+                else:
+                    if merged != was:
+                        self._types[o] = helper.make_tensor_type_proto(elem, merged)
 
     def _hook_types(self) -> int:
         """Type the outputs inference left unknown (a plugin's axes computed from an attribute)
@@ -573,6 +633,169 @@ class Graph:
 class RewriteRefused(Exception):
     """A rewrite was refused because the match is not self-contained (internal; becomes a
     MatchFailure in explanations)."""
+
+
+# ---- symbolic shape inference -------------------------------------------------------------------
+
+# ONNX Runtime's symbolic shape inference picks its handler by op_type alone. These standard ops
+# share their name with a com.microsoft op its handler is written for: contrib Attention takes
+# (input, packed weights, bias), ONNX's Attention (opset 23) Q, K, V, so the handler would give a
+# standard Attention a wrong shape.
+_CONTRIB_NAMESAKES = frozenset({"Attention"})
+_SYMBOL = "__onnxpass_dim{}__"  # an input's named dim, renamed for the run (see symbolic_types)
+_SYMBOL_RE = re.compile(r"__onnxpass_dim(\d+)__")
+_EXPRESSION_FUNCTIONS = frozenset({"floor", "ceiling", "Max", "Min", "Mod", "Abs"})
+_SMALL_CONSTANT = 1024  # elements: a Constant above this is a weight, not a shape computation
+
+
+def symbolic_types(skel: onnx.ModelProto, types: Mapping[str, onnx.TypeProto]
+                   ) -> dict[str, tuple[int, list[Dim]]]:
+    """Value -> (element type, dims) as ONNX Runtime's symbolic shape inference
+    (``onnxruntime.tools.symbolic_shape_infer``) finds them on the skeleton ``skel``; ``types``
+    are ONNX's, to resolve negative axes. It evaluates shape computations on symbolic dims
+    (Shape -> Slice/Gather -> Cast -> Concat -> Reshape) where ONNX's data propagation stops.
+
+    Only what it proves is returned: integer dims, and the graph inputs' named dims and
+    expressions over them (``N``, ``2*S``), by their names in the model. Unknown (None)
+    instead: a symbol it made up for a dim it could not compute (its names, and ONNX's
+    ``unk__<n>``, are local to one run and may collide), and any dim touched by a merge it
+    assumed (with auto_merge two dims that broadcast against each other are taken to be equal,
+    which is wrong when one of them is 1). Its contrib-op handlers see only com.microsoft nodes
+    and the standard ops they are right for; other domains keep ONNX's inference. A run that
+    fails part way gives what it found before; {} when it is not installed (it needs sympy).
+    It writes no file: its public ``infer_shapes`` saves the model into the cwd when it stops
+    early, so the steps are called here instead."""
+    try:
+        import sympy  # noqa: F401  # the tool's algebra; a declared dependency for it
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except Exception:  # not installed, or without sympy
+        return {}
+    model, names = _symbolic_input(skel, types)
+    try:  # its steps are private: a version that changed them gives nothing, not an error
+        ssi = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess
+        if any(n.op_type in ssi.dispatcher_ and not _handled_right(n)
+               for n in _subgraph_nodes(model)):
+            return {}  # the runs it starts for If/Loop/Scan bodies cannot be guarded
+        _guard_dispatch(ssi.dispatcher_)
+    except Exception:
+        return {}
+    try:
+        ssi._preprocess(model)
+        while ssi.run_:  # it runs again after merging dims; it stops where it cannot go on
+            ssi._infer_impl()
+    except Exception:  # an op or form it does not handle: keep what came before
+        pass
+    out = getattr(ssi, "out_mp_", None)
+    if out is None:
+        return {}
+    merged = getattr(ssi, "suggested_merge_", {})
+    tainted = {str(s) for pair in merged.items() for s in pair}
+    found: dict[str, tuple[int, list[Dim]]] = {}
+    for vi in out.graph.value_info:
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            found[vi.name] = (tt.elem_type, [_proven(d, names, tainted) for d in tt.shape.dim])
+    return found
+
+
+def _proven(d: onnx.TensorShapeProto.Dimension, names: list[str], tainted: set[str]) -> Dim:
+    if d.HasField("dim_value"):
+        return d.dim_value if d.dim_value >= 0 and str(d.dim_value) not in tainted else None
+    p = d.dim_param
+    symbols = set(re.findall(r"[A-Za-z_]\w*", p))
+    if not _SYMBOL_RE.search(p) or symbols & tainted:
+        return None
+    if not {s for s in symbols if not _SYMBOL_RE.fullmatch(s)} <= _EXPRESSION_FUNCTIONS:
+        return None  # it involves a symbol the tool made up
+    return _SYMBOL_RE.sub(lambda g: names[int(g.group(1))], p)
+
+
+def _symbolic_input(skel: onnx.ModelProto, types: Mapping[str, onnx.TypeProto]
+                    ) -> tuple[onnx.ModelProto, list[str]]:
+    """What the symbolic inference runs on: ``skel`` with its inputs' named dims renamed (so
+    that no symbol it makes up equals one, e.g. tf2onnx's ``unk__0``), negative Concat axes made
+    positive (it asserts axis 0 when concatenating shape values, and Paddle2ONNX writes -1), and
+    the Constant nodes holding weights as graph inputs (their values are not needed). Returns
+    the model and the original dim names, by number."""
+    model = onnx.ModelProto(ir_version=skel.ir_version)
+    model.opset_import.extend(skel.opset_import)
+    model.functions.extend(skel.functions)
+    g, sg = model.graph, skel.graph
+    g.name = sg.name
+    names: list[str] = []
+    number: dict[str, int] = {}
+    for vi in sg.input:
+        new = g.input.add()
+        new.CopyFrom(vi)
+        for d in new.type.tensor_type.shape.dim:
+            if d.dim_param:
+                k = number.setdefault(d.dim_param, len(names))
+                if k == len(names):
+                    names.append(d.dim_param)
+                d.dim_param = _SYMBOL.format(k)
+    for vi in sg.output:  # names and element types only: their dims are what is inferred
+        g.output.add(name=vi.name).type.tensor_type.elem_type = vi.type.tensor_type.elem_type
+    g.initializer.extend(sg.initializer)
+    ranks = {t.name: len(t.dims) for t in sg.initializer}
+    for n in sg.node:
+        if n.domain in ("", "ai.onnx") and n.op_type == "Constant" and len(n.attribute) == 1:
+            a = n.attribute[0]
+            ranks[n.output[0]] = len(a.t.dims) if a.name == "value" else int(a.name.endswith("s"))
+            if a.name == "value" and int(np.prod(a.t.dims)) > _SMALL_CONSTANT:
+                g.input.append(helper.make_tensor_value_info(n.output[0], a.t.data_type,
+                                                             list(a.t.dims)))
+                continue
+        node = g.node.add()
+        node.CopyFrom(n)
+        if n.domain in ("", "ai.onnx") and n.op_type == "Concat":
+            rank = next((r for r in (_rank(types.get(i)) if i not in ranks else ranks[i]
+                                     for i in n.input) if r is not None), None)
+            for a in node.attribute:
+                if a.name == "axis" and a.i < 0 and rank is not None:
+                    a.i += rank
+    return model, names
+
+
+def _rank(t: onnx.TypeProto | None) -> int | None:
+    if t is None or not t.tensor_type.HasField("shape"):
+        return None
+    return len(t.tensor_type.shape.dim)
+
+
+def _guard_dispatch(table: dict[str, Callable[[onnx.NodeProto], None]]) -> None:
+    """Let the handlers of ``table`` (op_type -> handler) see only the nodes they are for."""
+    for op, handler in list(table.items()):
+        table[op] = functools.partial(_dispatch, handler)
+
+
+def _dispatch(handler: Callable[[onnx.NodeProto], None], node: onnx.NodeProto) -> None:
+    if _handled_right(node):
+        handler(node)
+
+
+def _handled_right(node: onnx.NodeProto) -> bool:
+    """The tool's handler for ``node.op_type`` is written for this node: a com.microsoft op, or
+    a standard op that is no contrib op's namesake. Never a Reshape with allowzero (the
+    handler copies the input's dim for a 0 in the shape, as without it)."""
+    if any(a.name == "allowzero" and a.i for a in node.attribute):
+        return False
+    if node.domain == "com.microsoft":
+        return True
+    return node.domain in ("", "ai.onnx") and node.op_type not in _CONTRIB_NAMESAKES \
+        and onnx.defs.has(node.op_type)
+
+
+def _subgraph_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of the main graph's If/Loop/Scan bodies, nested ones included."""
+    def bodies(n: onnx.NodeProto) -> list[onnx.GraphProto]:
+        return [g for a in n.attribute
+                for g in ([a.g] if a.type == AttributeProto.GRAPH else a.graphs)]
+
+    stack = [g for n in model.graph.node for g in bodies(n)]
+    while stack:
+        for n in stack.pop().node:
+            yield n
+            stack.extend(bodies(n))
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -63,7 +63,12 @@ def raise_model_opset(model: onnx.ModelProto, version: int, why: str) -> None:
     for k in reversed([k for k, t in enumerate(g.initializer) if t.name not in moved_set]):
         del g.initializer[k]
     g.initializer.extend(conv.graph.initializer)
+    # The converter keeps every value's meaning: types the model records stay true, and
+    # inference at the new opset cannot always recover them (a view(b, s, -1, d) of symbolic b)
+    produced = {o for n in g.node for o in n.output}
+    kept = [vi for vi in g.value_info if vi.name in produced]
     del g.value_info[:]
+    g.value_info.extend(kept)
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             o.version = version

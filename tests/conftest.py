@@ -49,8 +49,9 @@ def deit_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 @pytest.fixture(scope="session")
 def heldout_exports(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """Held-out architectures (GPT-2, T5 encoder, Llama, Qwen2, Mask2Former), each export made
-    once per session (tests/models_heldout.py)."""
+    """Held-out architectures (GPT-2, T5 encoder, Llama, Qwen2, Mask2Former, Whisper, BEiT):
+    each export, torch count and pipeline rewrite made once per session and shared by
+    test_heldout_exports, test_modern_exports and test_plugin_opset (tests/models_heldout.py)."""
     from tests.models_heldout import HeldoutExports
 
     return HeldoutExports(tmp_path_factory.mktemp("heldout"))

@@ -195,3 +195,176 @@ def test_plugin_output_types_come_through_a_hook() -> None:
         onnx.helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, [2, 3])])
     g.refresh_types()
     assert g.shape("t") == (2, 3)
+
+
+# ---- shapes through run-time reshapes (issue 11, item 5) ----------------------------------------
+
+# Paddle2ONNX's reshape2 with a shape list: paddle.shape(x) is int32, each piece is cast to int64
+# and the pieces are concatenated on axis -1. ONNX's data propagation stops at the Casts.
+_PADDLE_RESHAPE = """<ir_version: 7, opset_import: ["" : 12]>
+    g (float[N, S, 32] x) => (float y) {
+    s = Shape (x)
+    s32 = Cast <to = 6> (s)
+    zero = Constant <value = int64[1] {0}> ()
+    one = Constant <value = int64[1] {1}> ()
+    two = Constant <value = int64[1] {2}> ()
+    b32 = Slice (s32, zero, one, zero, one)
+    l32 = Slice (s32, one, two, zero, one)
+    heads = Constant <value = int32[1] {4}> ()
+    dim = Constant <value = int32[1] {8}> ()
+    b = Cast <to = 7> (b32)
+    l = Cast <to = 7> (l32)
+    h = Cast <to = 7> (heads)
+    d = Cast <to = 7> (dim)
+    shape = Concat <axis = -1> (b, l, h, d)
+    q = Reshape (x, shape)
+    t = Transpose <perm = [0, 2, 1, 3]> (q)
+    y = Softmax <axis = 3> (t)
+}"""
+
+
+def _unshaped(text: str) -> onnx.ModelProto:
+    """The model of ``text`` with its outputs' shapes unknown (the text syntax's ``float y``
+    declares a scalar; onnx.checker wants a shape on an output, ONNX Runtime does not)."""
+    model = onnx.parser.parse_model(text)
+    for vi in model.graph.output:
+        vi.type.tensor_type.ClearField("shape")
+    return model
+
+
+def _dynamic(text: str) -> Graph:
+    g = Graph(_unshaped(text))
+    g.remove_dead()
+    g.refresh_types()
+    return g
+
+
+def test_shapes_come_through_a_paddle_style_reshape_chain() -> None:
+    model = _unshaped(_PADDLE_RESHAPE)
+    onnx_only = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    assert not any(vi.name == "q" and vi.type.tensor_type.HasField("shape")
+                   for vi in onnx_only.graph.value_info)  # what the pass checks used to see
+    g = _dynamic(_PADDLE_RESHAPE)
+    assert g.shape("q") == ("N", "S", 4, 8) and g.rank("q") == 4
+    assert g.shape("t") == ("N", 4, "S", 8) and g.shape("y") == ("N", 4, "S", 8)
+    # written back as value_info, the next refresh starts from them
+    g.refresh_types()
+    assert g.shape("t") == ("N", 4, "S", 8)
+
+
+def test_symbolic_shapes_write_no_file_and_survive_unknown_ops(tmp_path, monkeypatch  # type: ignore[no-untyped-def]
+                                                              ) -> None:
+    """ONNX Runtime's tool saves the model into the cwd when it stops early: here it stops at
+    an op of a domain it does not know, keeps what it found before, and writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    text = _PADDLE_RESHAPE.replace('["" : 12]', '["" : 12, "acme" : 1]').replace(
+        "y = Softmax <axis = 3> (t)", "u = acme.Mystery (t)\n    y = Relu (u)")
+    g = _dynamic(text)
+    assert g.shape("t") == ("N", 4, "S", 8)
+    assert g.shape("u") is None and g.shape("y") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_symbolic_shapes_never_change_a_known_dim() -> None:
+    """The model declares q's last dim 9 (wrong: it is 8): inference fills q's unknown dims
+    only where they agree with what is known, so q keeps what it had."""
+    model = _unshaped(_PADDLE_RESHAPE)
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info(
+        "q", onnx.TensorProto.FLOAT, [None, None, 4, 9]))
+    g = Graph(model)
+    g.refresh_types()
+    assert g.shape("q") == (None, None, 4, 9)
+
+
+def test_symbolic_shapes_drop_dims_it_assumed_equal() -> None:
+    """Adding a (N, S, 32) to b (M, S, 32) reshaped at run time: the tool assumes N == M
+    (auto_merge), which is wrong when one of them is 1. No dim it merged is kept."""
+    text = _PADDLE_RESHAPE.replace("float[N, S, 32] x", "float[N, S, 32] a, float[M, S, 32] x")
+    text = text.replace("h = Cast <to = 7> (heads)\n", "").replace(
+        "d = Cast <to = 7> (dim)", "d = Constant <value = int64[1] {32}> ()").replace(
+        "shape = Concat <axis = -1> (b, l, h, d)", "shape = Concat <axis = -1> (b, l, d)").replace(
+        "t = Transpose <perm = [0, 2, 1, 3]> (q)\n    y = Softmax <axis = 3> (t)", "y = Add (a, q)")
+    g = _dynamic(text)
+    assert g.shape("q") == (None, "S", 32) and g.shape("y") == (None, "S", 32)
+
+
+def test_symbols_the_tool_makes_up_are_not_input_dims() -> None:
+    """tf2onnx names its inputs' dims unk__0, unk__1; ONNX (and the tool, node by node) name
+    unknown dims unk__<n> too. A reshape to a shape read from an input has dims nobody knows:
+    rank 3, no dim named, none taken for x's."""
+    g = _dynamic("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[unk__0, unk__1, 6] x, int32[3] shape) => (float y) {
+        s = Cast <to = 7> (shape)
+        r = Reshape (x, s)
+        y = Relu (r)
+    }""")
+    assert g.shape("x") == ("unk__0", "unk__1", 6)
+    assert g.shape("y") is not None and len(g.shape("y") or ()) == 3
+    assert all(d is None or (isinstance(d, str) and d not in ("unk__0", "unk__1"))
+               for d in g.shape("y") or ())
+
+
+def test_standard_attention_is_not_typed_as_the_contrib_op() -> None:
+    """ONNX Runtime's tool has a handler for com.microsoft's Attention (input, packed weights,
+    bias), which fails on a standard Attention (opset 23): that one gets ONNX's inference, and
+    what follows it is typed too."""
+    text = _PADDLE_RESHAPE.replace('["" : 12]', '["" : 23]').replace("ir_version: 7",
+                                                                     "ir_version: 10")
+    g = _dynamic(text.replace("y = Softmax <axis = 3> (t)", "a = Attention (t, t, t)\n"
+                                                            "    y = Relu (a)"))
+    assert g.shape("t") == ("N", 4, "S", 8)
+    assert g.shape("a") == ("N", 4, "S", 8) and g.shape("y") == ("N", 4, "S", 8)
+
+
+def test_symbolic_inference_runs_only_when_a_rank_is_unknown(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import onnxpass.graph as graph_module
+
+    def fail(*args: object) -> None:
+        raise AssertionError("symbolic inference ran")
+
+    monkeypatch.setattr(graph_module, "symbolic_types", fail)
+    g = _three_ops()
+    g.refresh_types()
+    assert g.shape("y") == (2,)
+    with pytest.raises(AssertionError, match="symbolic inference ran"):
+        _dynamic(_PADDLE_RESHAPE)
+
+
+def test_symbolic_inference_is_skipped_where_a_body_holds_a_namesake() -> None:
+    """The runs the tool starts for If/Loop/Scan bodies cannot be kept from its contrib
+    Attention handler: a model with a standard Attention in a branch gets none of its shapes."""
+    from onnxpass.graph import symbolic_types
+
+    h = onnx.helper
+    model = _unshaped(_PADDLE_RESHAPE)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    types = {vi.name: vi.type for vi in inferred.graph.value_info}  # Concat's axis -1: rank 1
+    assert symbolic_types(model, types)["t"] == (onnx.TensorProto.FLOAT, ["N", 4, "S", 8])
+    branch = h.make_graph([h.make_node("Attention", ["t", "t", "t"], ["o"])], "branch", [],
+                          [h.make_tensor_value_info("o", onnx.TensorProto.FLOAT, None)])
+    model.graph.input.append(h.make_tensor_value_info("c", onnx.TensorProto.BOOL, []))
+    model.graph.node.append(h.make_node("If", ["c"], ["z"], then_branch=branch,
+                                        else_branch=branch))
+    assert symbolic_types(model, types) == {}
+
+
+def test_symbolic_inference_is_not_repeated_for_what_it_could_not_type(monkeypatch  # type: ignore[no-untyped-def]
+                                                                        ) -> None:
+    """Values after an op nobody can type stay unknown: a refresh that finds nothing new
+    unknown does not run the tool again (refresh_types runs after every pass that changed)."""
+    import onnxpass.graph as graph_module
+
+    text = _PADDLE_RESHAPE.replace('["" : 12]', '["" : 12, "acme" : 1]').replace(
+        "y = Softmax <axis = 3> (t)", "u = acme.Mystery (t)\n    y = Relu (u)")
+    g = _dynamic(text)
+    assert g.shape("t") == ("N", 4, "S", 8) and g.shape("u") is None
+    calls: list[int] = []
+    real = graph_module.symbolic_types
+    monkeypatch.setattr(graph_module, "symbolic_types",
+                        lambda *a: calls.append(1) or real(*a))  # type: ignore[func-returns-value]
+    g.refresh_types()
+    assert calls == [] and g.shape("t") == ("N", 4, "S", 8)
+    g.insert([Node("Neg", ["u"], ["v"])])  # a new value of unknown rank: it runs again
+    g.replace([g.producer["y"]], ["y"], [Node("Relu", ["v"], ["y2"])], ["y2"])
+    g.refresh_types()
+    assert calls == [1]

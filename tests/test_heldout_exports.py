@@ -1,12 +1,16 @@
 """Issue 9, first "Done when": the default, default,fp16 and plugins pipelines on real exports of
-architectures no other test covers (GPT-2, T5 encoder, Llama, Qwen2 GQA, Mask2Former; see
-tests/models_heldout.py) write models that
+architectures no other test covers (GPT-2, T5 encoder, Llama, Qwen2 GQA, Mask2Former, Whisper,
+BEiT; see tests/models_heldout.py) write models that
 
 (a) ONNX Runtime loads (unique node names, ...), with its default session options;
 (b) a second run of the same pipeline leaves unchanged (node count and op multiset);
 (c) compute the original's outputs within 1e-5 of each output's scale (1e-2 for the fp16
     pipeline and for float16 exports), on realistic feeds: token ids in the vocabulary and
-    attention masks with a padded row (decoders also with a left-padded row).
+    attention masks with a padded row (decoders also with a left-padded row; exports with a
+    dynamic sequence also at another batch size and sequence length).
+
+tests/test_modern_exports.py checks the same exports for every instance fused; the two share
+each export and each rewrite (the ``heldout_exports`` fixture).
 
 Every problem of a case is collected and reported together. With ``HELDOUT_REPORT=FILE`` each
 case appends one JSON line (verdict, problems, fused op counts) to FILE.
@@ -36,6 +40,7 @@ KINDS = {
     "rmsnorm": ("RMSNormalization", "RMSNormPlugin"),
     "attention": ("Attention", "AttentionPlugin"),
     "gelu": ("Gelu", "GeluPlugin"),
+    "rotary": ("RotaryEmbedding", "RotaryEmbeddingPlugin"),
     "masked_softmax": ("MaskedSoftmaxPlugin",),
 }
 
@@ -124,10 +129,9 @@ def _check(heldout_exports, name: str, exporter: str, pipeline: str,  # type: ig
     if (why := _reference(str(path), original, heldout_exports.feeds(name, exporter))[0]):
         problems.append(f"ONNX Runtime refuses the original export: {why}")
         return
-    try:
-        out = _rewrite(original, pipeline)
-    except Exception as e:
-        problems.append(f"rewrite raised {_first_line(e)}")
+    out = heldout_exports.rewritten(name, exporter, pipeline)
+    if isinstance(out, str):
+        problems.append(out)
         return
     record["fused"] = {k: (v, _kinds(original)[k]) for k, v in _kinds(out).items()}
     record["softmax_in_original"] = sum(n.op_type == "Softmax" for n in original.graph.node)

@@ -206,6 +206,32 @@ LAYERNORM = [
 ]
 
 
+# -- RMSNormPlugin -----------------------------------------------------------------------------
+
+def _zero_rows(shape: tuple[int, ...], n: int, scale: float = 1.0) -> Make:
+    """Every other row all zero (its mean of squares is 0), the rest N(0, scale^2); gamma
+    random."""
+    def make(t: np.dtype, rng: np.random.Generator) -> list[np.ndarray]:
+        x = scale * rng.standard_normal(shape)
+        x.reshape(-1, n)[::2] = 0.0
+        return [x.astype(t), rng.standard_normal(shape[-1:]).astype(t)]
+    return make
+
+
+RMSNORM = [
+    Edge("RMSNormPlugin", "length_1", _normal((3, 4, 1), (1,)), {"epsilon": 1e-6}),
+    Edge("RMSNormPlugin", "length_1_eps0", _normal((3, 4, 1), (1,)), {"epsilon": 0.0}),
+    Edge("RMSNormPlugin", "zero_rows", _zero_rows((4, 3, 37), 37), {"epsilon": 1e-6}),
+    # 0 / sqrt(0): NaN rows, in the reference, the function and the kernel (0 * inf) alike
+    Edge("RMSNormPlugin", "zero_rows_eps0", _zero_rows((4, 3, 37), 37), {"epsilon": 0.0}),
+    Edge("RMSNormPlugin", "zero_rows_looped_eps0", _zero_rows((2, 16400), 16400),
+         {"epsilon": 0.0}),
+    # |x| up to ~4000: x^2 overflows float16 (65504); the statistic is computed in float32
+    Edge("RMSNormPlugin", "squares_beyond_float16", _zero_rows((3, 5, 64), 64, scale=1000.0),
+         {"epsilon": 1e-6}, dtypes=("float32", "float16", "bfloat16")),
+]
+
+
 # -- GeluPlugin --------------------------------------------------------------------------------
 
 def _gelu_specials(t: np.dtype, rng: np.random.Generator) -> list[np.ndarray]:
@@ -249,7 +275,8 @@ MASK2POS = [
                            ("all_1", (1, 1, 1), 1))
     for inv, eps, off in ((0, 1e-6, 0.0), (1, 1e-6, 0.5), (1, 0.0, 0.0), (0, 0.0, 0.5))]
 
-EDGES = [*ATTENTION, *MASKED_SOFTMAX, *L2NORM, *LAYERNORM, *GELU, *ADD_BIAS_TRANSPOSE, *MASK2POS]
+EDGES = [*ATTENTION, *MASKED_SOFTMAX, *L2NORM, *LAYERNORM, *RMSNORM, *GELU, *ADD_BIAS_TRANSPOSE,
+         *MASK2POS]
 CASES = [(e, dt) for e in EDGES for dt in e.dtypes]
 IDS = [f"{e.plugin}-{e.name}-{dt}" for e, dt in CASES]
 

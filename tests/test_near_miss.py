@@ -145,6 +145,25 @@ def attention(axis: int | None = -1, opset: int = 17, scale_shape: tuple[int, ..
     return model(nodes, inputs, [("y", F)], inits, opset)
 
 
+def attention_gqa(axis: int = 2, kv_heads: tuple[int, int] = (2, 2),
+                  length: tuple[int, int] = (4, 4)) -> onnx.ModelProto:
+    """4 query heads over K and V repeated as HF's repeat_kv does (Unsqueeze at ``axis``,
+    Expand, Reshape to 4 heads); K/V have ``kv_heads`` heads and ``length`` keys each (1: the
+    Expand broadcasts the keys too)."""
+    nodes, inputs, inits = [], [("q", F, [1, 4, 4, 8])], {}
+    for x, g, n in zip("kv", kv_heads, length):
+        inputs.append((x, F, [1, g, n, 8]))
+        wide = [1, g, 4 // g, 4, 8] if axis == 2 else [1, 4 // g, g, 4, 8]
+        inits |= {f"{x}_axis": i64(axis), f"{x}_wide": i64(*wide), f"{x}_heads": i64(1, 4, 4, 8)}
+        nodes += [N("Unsqueeze", [x, f"{x}_axis"], [f"{x}1"]),
+                  N("Expand", [f"{x}1", f"{x}_wide"], [f"{x}w"]),
+                  N("Reshape", [f"{x}w", f"{x}_heads"], [f"{x}r"])]
+    nodes += [N("Transpose", ["kr"], ["kt"], perm=[0, 1, 3, 2]), N("MatMul", ["q", "kt"], ["s"]),
+              N("Mul", ["s", "scale"], ["sc"]), N("Softmax", ["sc"], ["p"], axis=-1),
+              N("MatMul", ["p", "vr"], ["y"])]
+    return model(nodes, inputs, [("y", F)], {**inits, "scale": f32(1 / math.sqrt(8))})
+
+
 # ---- masked_softmax ---------------------------------------------------------------------------
 
 def masked_softmax(form: str = "select", axis: int = -1, one: float = 1.0,
@@ -378,6 +397,14 @@ CASES = [
     Case("att_scale_11111", lambda: attention(scale_shape=(1, 1, 1, 1, 1)), ATT, ATTP, True),
     Case("att_guard_not_zero", lambda: attention(guard=1e-30), ATT, ATTP, True),
     Case("att_where_finite_fill", lambda: attention(fill=-1e4), ATT, ATTP, True),
+    # grouped-query attention: the repeat goes where it repeats each KV head in a row; where it
+    # does anything else it stays (the attention over its result is fused)
+    Case("att_gqa_repeat_kv", attention_gqa, "-Expand", "-Expand", False),
+    Case("att_gqa_head_major", lambda: attention_gqa(axis=1), "Expand", "Expand", False),
+    Case("att_gqa_k_v_repeats_differ", lambda: attention_gqa(kv_heads=(2, 1)), "Expand",
+         "Expand", False),
+    Case("att_gqa_expand_widens_keys", lambda: attention_gqa(length=(1, 1)), "Expand", "Expand",
+         False),
     # masked_softmax
     Case("msm_select", lambda: masked_softmax(), "-Expand", MSM, False),
     Case("msm_scaled", lambda: masked_softmax("scaled"), "-Expand", MSM, False),

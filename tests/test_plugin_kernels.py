@@ -101,8 +101,16 @@ def test_symbolic_plans_evaluate_to_the_concrete_ones() -> None:
     that batch: what TensorRT computes from the AOT kernel's symbolic launch parameters."""
     for plugin, shapes, attrs in [("LayerNormPlugin", [[None, 197, 768], [768], [768]], {}),
                                   ("LayerNormPlugin", [[None, 7, 37], [37], [37]], {}),
+                                  ("RMSNormPlugin", [[None, 4096], [4096]], {"epsilon": 1e-6}),
+                                  ("RMSNormPlugin", [[None, 7, 37], [37]], {}),
+                                  ("RMSNormPlugin", [[None, 20000], [20000]], {}),
                                   ("GeluPlugin", [[None, 197, 3072]], {}),
-                                  ("GeluPlugin", [[None, 3, 5]], {"approximate": 1})]:
+                                  ("GeluPlugin", [[None, 3, 5]], {"approximate": 1}),
+                                  ("RotaryEmbeddingPlugin", [[None, 32, 512, 128], [1, 512, 64],
+                                                             [1, 512, 64]], {}),
+                                  ("RotaryEmbeddingPlugin", [[None, 2, 12, 16], [None, 12, 4],
+                                                             [None, 12, 4]],
+                                   {"interleaved": 1, "rotary_embedding_dim": 8})]:
         k = get_kernel(plugin)
         values = get_plugin(plugin).attr_values(attrs)
         b = sym("batch")
@@ -140,6 +148,13 @@ def test_tensorrt_glue_without_tensorrt() -> None:
                                  ("epsilon", "float"), ("axis", "int")]
     assert trt.type_combination(ln, get_kernel(ln.name)) == ", ".join(["FP32|FP16|BF16"] * 4)
     assert trt.type_combination(gelu, get_kernel(gelu.name)) == "FP32|FP16|BF16, FP32|FP16|BF16"
+    rms = get_plugin("RMSNormPlugin")
+    assert trt.signature(rms) == [("x", "tensor"), ("gamma", "tensor"), ("epsilon", "float"),
+                                  ("axis", "int")]
+    assert trt.type_combination(rms, get_kernel(rms.name)) == ", ".join(["FP32|FP16|BF16"] * 3)
+    rope = get_plugin("RotaryEmbeddingPlugin")
+    assert trt.signature(rope) == [("x", "tensor"), ("cos", "tensor"), ("sin", "tensor"),
+                                   ("interleaved", "int"), ("rotary_embedding_dim", "int")]
 
 
 def test_tensorrt_registration() -> None:

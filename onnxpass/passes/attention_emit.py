@@ -24,18 +24,25 @@ class Core:
     softmax_dtype: int
     k_perm: list[int] | None     # applied to k gives (B, H, L, d); None: k already is
     kt_perm: list[int] | None    # applied to k gives K^T; None: k already is
+    k: str                       # the K and V the fused op takes (un-repeated where
+    v: str                       #   kv_group is set)
     expand_mask: bool            # std: attn_mask's last two dims are not known to be (S, L)
     raise_lowest: bool = False   # std: attn_mask may hold the dtype's lowest value (see emit)
     head_scale: np.ndarray | None = None  # (1, H, 1, 1): one more factor per head, put on Q
+    kv_group: int | None = None  # query heads per K/V head where the repeat is folded in
+    upcast: bool = False         # the scores and V were cast up to dtype: Q, K, V are cast too
 
 
 def emit_fused(op: RewriteBuilder, m: Match[Core], form: str) -> str:
-    """std: Attention(Q, K, V, attn_mask); plugin: AttentionPlugin(q, k, v, mask). 4-D."""
+    """std: Attention(Q, K, V, attn_mask); plugin: AttentionPlugin(q, k, v, mask). 4-D; K and
+    V with fewer heads than Q where the check folded their repeat (both take that)."""
     c = m.facts
-    q, v = m["q"], m["v"]
+    q, k, v = m["q"], c.k, c.v
+    if c.upcast:  # widening Casts are exact: the fused op computes in the type the graph did
+        q, k, v = (op.Cast(x, to=c.dtype) for x in (q, k, v))
     if c.head_scale is not None:
         q = op.Mul(q, op.const(c.head_scale.astype(helper.tensor_dtype_to_np_dtype(c.dtype))))
-    k = m["k"] if c.k_perm is None else op.Transpose(m["k"], perm=c.k_perm)
+    k = k if c.k_perm is None else op.Transpose(k, perm=c.k_perm)
     mask = _additive_mask(op, m, raise_lowest=form == "std")
     one = op.const(np.array([1], np.int64))
     if c.rank == 3:  # (B*H, S, d) -> (B*H, 1, S, d)
@@ -70,7 +77,7 @@ def emit_trt(op: RewriteBuilder, m: Match[Core]) -> str:
         q = op.Mul(m["q"], op.const(factor))
     else:
         q = m["q"] if c.scale == 1.0 else op.Mul(m["q"], op.const(_np(c.dtype, c.scale)))
-    s = op.MatMul(q, m["k"] if c.kt_perm is None else op.Transpose(m["k"], perm=c.kt_perm))
+    s = op.MatMul(q, c.k if c.kt_perm is None else op.Transpose(c.k, perm=c.kt_perm))
     if m.tag("where") == "where":
         s = op.Where(m["cond"], s, m["fill"])
     elif m.tag("where") == "where_not":
@@ -81,7 +88,7 @@ def emit_trt(op: RewriteBuilder, m: Match[Core]) -> str:
     masked = [n for n in (*TERMS, "cond") if m.get(n)]
     guard = m.tag("guard") == "guard" and not all(
         n != "cond" and m.is_const(n) and np.isfinite(m.const(n)).all() for n in masked)
-    return _softmax_matmul(op, s, m["v"], c.dtype, c.softmax_dtype, guard)
+    return _softmax_matmul(op, s, c.v, c.dtype, c.softmax_dtype, guard)
 
 
 def _softmax_matmul(op: RewriteBuilder, s: str, v: str, dt: int, sdt: int, guard: bool) -> str:
@@ -112,14 +119,15 @@ def _additive_mask(op: RewriteBuilder, m: Match[Core], raise_lowest: bool) -> st
 
 def _mask_shape(op: RewriteBuilder, m: Match[Core]) -> str:
     """(1, 1, S, L): S is Q's dim -2, L is V's; a constant when both are known."""
-    dims = [(m.shape(n) or (None, None))[-2] for n in ("q", "v")]
+    values = (m["q"], m.facts.v)
+    dims = [(m.graph.shape(x) or (None, None))[-2] for x in values]
     if all(isinstance(d, int) for d in dims):
         return op.const(np.array([1, 1, *dims], np.int64))
     parts = []
-    for n in ("q", "v"):
-        rank = m.rank(n)
+    for x in values:
+        rank = m.graph.rank(x)
         assert rank is not None  # a value with a dim -2 has a rank
-        parts.append(op.Shape(m[n], start=rank - 2, end=rank - 1))
+        parts.append(op.Shape(x, start=rank - 2, end=rank - 1))
     return op.Concat(op.const(np.ones(2, np.int64)), *parts, axis=0)
 
 
@@ -157,8 +165,30 @@ def native_plugin_args(op: RewriteBuilder, m: Match[None]) -> tuple[list[str], d
 
 
 def emit_native_trt(op: RewriteBuilder, m: Match[None]) -> str:
-    """An exporter's own Attention as the trt chain."""
+    """An exporter's own Attention as the trt chain; K and V of fewer heads than Q (but more
+    than one, which MatMul broadcasts) repeated to Q's heads in front of it."""
     dt, scale, sdt, mask = _native(op, m)
+    heads = (m.shape("q") or (None, None))[1]
+    assert isinstance(heads, int)  # _check_native: 4-D, heads known
+    k, v = (repeat_heads(op, m[x], heads) for x in ("k", "v"))
     q = m["q"] if scale == 1.0 else op.Mul(m["q"], op.const(_np(dt, scale)))
-    s = op.MatMul(q, op.Transpose(m["k"], perm=[0, 1, 3, 2]))
-    return _softmax_matmul(op, op.Add(s, mask) if mask else s, m["v"], dt, sdt, guard=bool(mask))
+    s = op.MatMul(q, op.Transpose(k, perm=[0, 1, 3, 2]))
+    return _softmax_matmul(op, op.Add(s, mask) if mask else s, v, dt, sdt, guard=bool(mask))
+
+
+def repeat_heads(op: RewriteBuilder, x: str, heads: int) -> str:
+    """x (B, g, L, d) with each head repeated heads / g times in a row (HF's repeat_kv, the
+    grouping of ONNX Attention); x itself where g is 1 or ``heads``."""
+    dims = op.graph.shape(x)
+    assert dims is not None and isinstance(dims[1], int)  # _check_native: 4-D, heads known
+    g = dims[1]
+    if g in (1, heads):
+        return x
+    wide = op.Expand(op.Unsqueeze(x, op.const(np.array([2], np.int64))),
+                     op.const(np.array([1, 1, heads // g, 1, 1], np.int64)))
+    if all(isinstance(d, int) for d in dims):
+        shape = op.const(np.array([dims[0], heads, *dims[2:]], np.int64))
+    else:
+        shape = op.Concat(op.Shape(x, end=1), op.const(np.array([heads], np.int64)),
+                          op.Shape(x, start=2), axis=0)
+    return op.Reshape(wide, shape)

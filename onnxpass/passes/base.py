@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +61,14 @@ class Pass:
 
 class PatternPass(Pass):
     """A pass made of rules. ``rules()`` builds them for ``self.form``; ``required_opset``
-    names the default-domain opset the replacement needs. The model's opset is raised, only
-    when a rule matches, to that and to what the matches' plugin nodes need (their spec says)."""
+    names, per form, the default-domain opset its replacements need (LayerNormalization: 17).
+
+    One mechanism raises the opset for standard and plugin forms: a rewrite states what its
+    nodes need (the form's ``required_opset``, which every rule of that form is given, and the
+    plugin nodes' specs: a float16 plugin body needs CastLike, opset 15), and the pass raises
+    the model's opset, once per run and only when an accepted match needs it, to the largest of
+    those needs (onnxpass/opset.py's convert_opset). ``onnxpass match --explain`` reports the
+    same decision ("raises the opset to N")."""
 
     required_opset: ClassVar[dict[str, int]] = {}
 
@@ -79,18 +86,18 @@ class PatternPass(Pass):
         return apply_rules(ctx.graph, self._rules(), self.name)
 
     def target_opset(self, graph: Graph) -> int | None:
-        """The opset this pass runs the model at: its own, or raised to what the form and the
-        accepted matches' plugin nodes need; None when it would need raising and nothing
-        matches (the model is left as it is)."""
+        """The opset this pass runs the model at: its own, or raised to what the accepted
+        matches' rewrites need; None when a rewrite would need raising and nothing matches (the
+        model is left as it is)."""
         opset = graph.opset()
         need = self.required_opset.get(self.form or "", 0)
-        if opset >= max(need, _HIGHEST_PLUGIN_OPSET):  # nothing a match builds needs more
+        if opset >= max(need, _highest_plugin_opset()):  # no rewrite can need more
             return opset
         found = [f.op.opset for f in find_matches(graph, self._rules(), max_opset=NEWEST_OPSET,
                                                   pass_name=self.name) if f.op is not None]
         if not found:
-            return None if need > opset else opset
-        return max(opset, need, *found)
+            return None
+        return max(opset, *found)
 
     def explain(self, graph: Graph) -> list[Attempt]:
         """Where each rule matches or why not, as :meth:`run` would decide at ``graph``."""
@@ -100,12 +107,30 @@ class PatternPass(Pass):
         cached = getattr(self, "_rule_cache", None)
         if cached is None:
             cached = self.rules()
+            need = self.required_opset.get(self.form or "", 0)
+            if need:
+                cached = [_requiring(r, need, self.label) for r in cached]
             self._rule_cache = cached
         return cached
 
 
-# No plugin body needs a higher opset than this for any dtype: above it no match raises one.
-_HIGHEST_PLUGIN_OPSET = max(max(s.min_opset, s.typed_opset) for s in all_plugins())
+def _requiring(rule: Rule, opset: int, label: str) -> Rule:
+    """``rule`` whose rewrite first states that its nodes need ``opset``."""
+    inner = rule.rewrite
+
+    def rewrite(op: RewriteBuilder, m: Match[Any]) -> str | Sequence[str] | None:
+        op.require_opset(opset, label)
+        return inner(op, m)
+
+    out = copy.copy(rule)  # the pattern is built once, in the original's __post_init__
+    out.rewrite = rewrite
+    return out
+
+
+def _highest_plugin_opset() -> int:
+    """No plugin body needs a higher opset than this for any dtype: above it no plugin node
+    raises one."""
+    return max((max(s.min_opset, s.typed_opset) for s in all_plugins()), default=0)
 
 
 def native_pattern(op_type: str, inputs: Sequence[str], attrs: Mapping[str, Any], *,

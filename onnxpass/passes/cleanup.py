@@ -42,31 +42,27 @@ def _identity_perm(perm: list[int]) -> bool:
 
 @register
 class NoOp(PatternPass):
-    """Removes nodes that return their input bit for bit, with its shape and type.
+    """Removes nodes that return their input bit for bit, with its shape and type. (A Cast or
+    CastLike to x's own type is the ``canonical`` pass's, which runs before every pattern pass:
+    :func:`cast_noop_rules`.)
 
     Constants: 1.0 (Mul, Div) and 0.0 (Add, Sub; either sign) are matched exactly (0 ULP) in the
     constant's dtype, never within a tolerance (x * 1.00009 stays); the constant may not
     broadcast x. x + 0.0 differs from x only in the sign of a zero (-0.0 + 0.0 is +0.0, which
     compares equal): accepted, as exporters write 0 + x for x (dynamo's DETR queries).
-    Attributes checked: Cast/CastLike ``to`` (the dtype must not change, so ``saturate`` and
-    ``round_mode`` are irrelevant), Transpose ``perm`` (identity; absent means reversed),
+    Attributes checked: Transpose ``perm`` (identity; absent means reversed),
     Reshape ``allowzero`` (irrelevant: the output shape is proven equal to x's, all static),
     Dropout ``seed``/``ratio`` (irrelevant: inference only, no ratio or training_mode input).
     Identity, Mul, Div, Add and Sub have no attributes (from opset 7).
     """
 
     name = "noop"
-    summary = ("remove Identity, inference Dropout, same-type Cast/CastLike, identity "
-               "Transpose/Reshape, x*1, x/1, x+0, x-0")
+    summary = "remove Identity, inference Dropout, identity Transpose/Reshape, x*1, x/1, x+0, x-0"
 
     def rules(self) -> list[Rule]:
-        kept = {"to": IRRELEVANT, "saturate": IRRELEVANT, "round_mode": IRRELEVANT}
         return [
             _noop("identity", lambda op, x: op.Identity(x)),
             _noop("dropout", lambda op, x: op.Dropout(x)),
-            _noop("cast", lambda op, x: op.Cast(x, **kept)),
-            _noop("castlike", lambda op, x, like: op.CastLike(x, like, saturate=IRRELEVANT,
-                                                              round_mode=IRRELEVANT)),
             _noop("transpose", lambda op, x: op.Transpose(x, perm=Attr(_identity_perm))),
             _noop("reshape", lambda op, x, shape: op.Reshape(x, shape, allowzero=IRRELEVANT)),
             _noop("mul-one", lambda op, x: op.Mul(x, Const(value=1.0))),
@@ -74,6 +70,18 @@ class NoOp(PatternPass):
             _noop("add-zero", lambda op, x: op.Add(x, Const(value=0.0))),
             _noop("sub-zero", lambda op, x: op.Sub(x, Const(value=0.0))),
         ]
+
+
+def cast_noop_rules() -> list[Rule]:
+    """Cast and CastLike to the type x already has: x (the canonical pass runs them). Attributes
+    checked: ``to`` (the dtype must not change, so ``saturate`` and ``round_mode`` are
+    irrelevant)."""
+    kept = {"to": IRRELEVANT, "saturate": IRRELEVANT, "round_mode": IRRELEVANT}
+    return [
+        _noop("cast", lambda op, x: op.Cast(x, **kept)),
+        _noop("castlike", lambda op, x, like: op.CastLike(x, like, saturate=IRRELEVANT,
+                                                          round_mode=IRRELEVANT)),
+    ]
 
 
 def _noop(name: str, pattern: Callable[..., Any]) -> Rule:

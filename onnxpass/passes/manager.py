@@ -6,6 +6,11 @@ load -> check -> passes to a fixpoint -> save. After every pass that changed som
 removed (the one place besides the ``dce`` pass), topological re-sort, ``onnx.checker`` and shape
 inference (both on the weight-free skeleton), and, with ``dump_dir``, the graph is saved. A
 pipeline still changing after its last round says so in its notes and ``converged``.
+
+Every pattern pass sees the canonical graph: a list that does not name the ``canonical`` pass
+(onnxpass/passes/canonical.py) gets it inserted before its first pattern pass
+(:func:`with_canonical`), so ``--passes attention`` runs ``canonical,attention``. It shows in the
+per-pass stats; ``labels`` stay the passes the user named.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from onnxpass.graph import Graph
 from onnxpass.loadcheck import check_loadable, required_ir_version
 from onnxpass.modelio import check_model, load_model, save_model, skeleton
 from onnxpass.passes import plugin_hooks
-from onnxpass.passes.base import Pass, PassContext, parse_passes
+from onnxpass.passes.base import Pass, PassContext, PatternPass, parse_passes, registry
 
 DEFAULT_MAX_ROUNDS = 4
+CANONICAL = "canonical"
 
 
 @dataclass
@@ -103,6 +109,29 @@ def _give(passes: Sequence[Pass], key: str, value: str, wanted: Callable[[Pass],
         p.set_option(key, value)  # type: ignore[attr-defined]
 
 
+def with_canonical(passes: Sequence[Pass]) -> list[Pass]:
+    """``passes`` with the canonical pass run once before the first pattern pass, unless they
+    name it (then it runs where they say) or have no pattern pass."""
+    out = list(passes)
+    first = next((k for k, p in enumerate(out) if isinstance(p, PatternPass)), None)
+    if first is None or any(p.name == CANONICAL for p in out):
+        return out
+    return [*out[:first], registry()[CANONICAL](), *out[first:]]
+
+
+def first_pass_view(graph: Graph, passes: Sequence[Pass]) -> Graph:
+    """``graph`` as ``onnxpass match`` explains ``passes`` on it: dead code removed (as the
+    runner does before its first round), types inferred, and canonicalized when the runner would
+    insert the canonical pass into ``passes``."""
+    named = list(passes)
+    added = [p for p in with_canonical(named) if all(p is not q for q in named)]
+    if not added:
+        graph.remove_dead()
+        graph.refresh_types()
+        return graph
+    return PassManager(added, canonical=False).run(graph).graph
+
+
 def load_graph(path: str | os.PathLike[str]) -> Graph:
     """Load and check the model at ``path``; its external data stays on disk."""
     model = load_model(path)
@@ -149,13 +178,14 @@ class Pipeline:
 
 class PassManager:
     """Runs ``passes`` in order, repeating the pipeline until a round changes nothing (at most
-    ``max_rounds``; one still changing then is reported, not an error)."""
+    ``max_rounds``; one still changing then is reported, not an error). With ``canonical``
+    (the default) the canonical pass runs before the first pattern pass (:func:`with_canonical`)."""
 
     def __init__(self, passes: Sequence[Pass], *, check: bool = True,
                  max_rounds: int = DEFAULT_MAX_ROUNDS,
                  dump_dir: str | os.PathLike[str] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
-        self.passes = list(passes)
+                 progress: Callable[[str], None] | None = None, canonical: bool = True) -> None:
+        self.passes = with_canonical(passes) if canonical else list(passes)
         self.check = check
         self.max_rounds = max_rounds
         self.dump_dir = Path(dump_dir) if dump_dir else None

@@ -57,10 +57,12 @@ class NormalizedParams:
         return self.get(op, "beta", required)
 
 
-def normalized_params(m: Match, axes: Any, names: tuple[str, ...]
+def normalized_params(m: Match, axes: Any, names: tuple[str, ...], dtype: int | None = None
                       ) -> NormalizedParams | MatchFailure:
     """Check that ``axes`` are normalizable as one LayerNormalization-style axis and that each bound
-    parameter in ``names`` varies only along them; work out how to pass each one."""
+    parameter in ``names`` varies only along them; work out how to pass each one. The parameters
+    have element type ``dtype`` (default: x's; rmsnorm's gamma may be applied in float32 to a
+    float16 x)."""
     shape = m.shape("x")
     rank = None if shape is None else len(shape)
     if axes is None:
@@ -93,16 +95,17 @@ def normalized_params(m: Match, axes: Any, names: tuple[str, ...]
         shape = _sized_by_params(m, shape, norm_positions, names)
         target = tuple(shape[p] for p in sorted(norm_positions))
     static = target is not None and all(isinstance(d, int) for d in target)
-    dtype = helper.tensor_dtype_to_np_dtype(m.dtype("x") or TensorProto.FLOAT)
+    elem = dtype or m.dtype("x") or TensorProto.FLOAT
+    np_dtype = helper.tensor_dtype_to_np_dtype(elem)
     for name in names:
         if m.get(name) is None:
             if static:
                 result.params[f"{name}:fill"] = np.full(cast(tuple[int, ...], target),
-                                                        _FILL.get(name, 0.0), dtype=dtype)
+                                                        _FILL.get(name, 0.0), dtype=np_dtype)
             elif name == "gamma":
                 return MatchFailure("no gamma and the normalized dims are not static")
             continue
-        got = _param(m, name, shape, rank, norm_positions, target, static)
+        got = _param(m, name, shape, rank, norm_positions, target, static, elem)
         if isinstance(got, MatchFailure):
             return got
         result.params[name] = got
@@ -126,12 +129,12 @@ def _sized_by_params(m: Match, shape: Any, norm: set[int], names: tuple[str, ...
 
 
 def _param(m: Match, name: str, x_shape: Any, rank: int | None, norm: set[int], target: Any,
-           static: bool) -> Any:
+           static: bool, dtype: int) -> Any:
     pshape = m.shape(name)
     if pshape is None:
         return MatchFailure(f"shape of {name} is unknown")
-    if m.dtype(name) != m.dtype("x"):
-        return MatchFailure(f"{name} has dtype {m.dtype(name)}, x has {m.dtype('x')}")
+    if m.dtype(name) != dtype:
+        return MatchFailure(f"{name} has dtype {m.dtype(name)}, expected {dtype}")
     n = len(pshape)
     if rank is not None and n > rank:
         return MatchFailure(f"{name} of rank {n} broadcasts x of rank {rank}")

@@ -10,7 +10,10 @@ Matches
   gives the identical result. That holds when every dim the Tile or Expand changed was 1 in x
   (tiling a size-1 dim repeats one slice, which is what broadcasting does) and y has that dim at
   the tiled size (so the output shape is unchanged): DETR's query embeddings, repeated over the
-  batch and added to (batch, queries, d) states. The Tile stays for its other users, if any.
+  batch and added to (batch, queries, d) states. The Tile stays for its other users, if any. Not
+  when y is computed from the repeated value by one node (Mask2Former's LayerNorm subtracts the
+  mean of the repeated queries from them): the repeat stays for that node, and the LayerNorm
+  pattern would be split.
 - Tile and Expand nodes that compute the same value as an earlier one (the same op on inputs
   computed the same way, constants compared by value: AnchorDETR repeats one position embedding
   in every layer): the earlier result is used, the repeat is computed once.
@@ -124,6 +127,10 @@ def _tiled_value(m: Match) -> str:
 def check_broadcast(m: Match) -> MatchFailure | None:
     if all(i == m["y"] for i in m.nodes[0].inputs):
         return MatchFailure("both operands are the tiled value")
+    src = m.graph.producer.get(m["y"])
+    if src is not None and _tiled_value(m) in src.inputs:  # y = ReduceMean(tiled), say
+        return MatchFailure(f"y is computed from the repeated value by {src.op_type}: the "
+                            f"repeat stays, and the pattern around both (a LayerNorm) would split")
     t, x, y = _tiled_dims(m), m.shape("x"), m.shape("y")
     if t is None or x is None or y is None:
         return MatchFailure(f"shapes unknown: tiled {t}, x {x}, y {y}")

@@ -132,9 +132,13 @@ class RewriteBuilder:
     node and returns its output name(s). Every node records the pass and rule that made it.
 
     Nothing reaches the graph before :meth:`commit`: new initializers and plugin functions are
-    recorded, so a refused or unused rewrite leaves the model as it was. ``op.plugin`` refuses
-    (raises RewriteRefused) a plugin node the spec cannot emit at any opset up to ``max_opset``;
-    ``opset`` is the lowest default-domain opset the plugin nodes built so far need."""
+    recorded, so a refused or unused rewrite leaves the model as it was.
+
+    ``opset`` is the lowest default-domain opset the nodes built so far need: what
+    :meth:`require_opset` was told (a pass's standard form: LayerNormalization needs 17) and what
+    the plugin nodes' specs say (a float16 plugin body needs CastLike, 15). A pass raises the
+    model's opset to the largest ``opset`` of its matches, once, before it rewrites. A need above
+    ``max_opset`` refuses the rewrite (raises RewriteRefused)."""
 
     def __init__(self, graph: Graph, provenance: dict[str, str], near: Node | None = None, *,
                  max_opset: int | None = None) -> None:
@@ -192,16 +196,24 @@ class RewriteBuilder:
         source = producer.inputs[1:2] if producer.op_type == "Where" else producer.inputs[:1]
         return self.dtype(source[0]) if source else None
 
+    def require_opset(self, opset: int, why: str) -> None:
+        """The nodes this rewrite builds need default-domain opset ``opset`` (``why`` names
+        them in the refusal when ``max_opset`` is lower)."""
+        if opset > self.max_opset:
+            raise RewriteRefused(f"{why} needs opset >= {opset}, the model has {self.max_opset}")
+        self.opset = max(self.opset, opset)
+
     def plugin(self, name: str, *inputs: str, **attrs: Any) -> str:
         """A plugin node per docs/design.md's convention; :meth:`commit` adds its local function.
-        Refused when the spec cannot emit it for these input dtypes at ``max_opset``."""
+        Refused when the spec takes no such input dtypes, or needs an opset above ``max_opset``
+        for them (its reference body in a type other than float32 needs CastLike)."""
         spec = get_plugin(name)
         values = spec.attr_values(attrs)
         dtypes = {io: _dtype_name(self.dtype(v)) for io, v in zip(spec.inputs, inputs)}
-        reason = spec.can_emit(self.max_opset, dtypes, values)
+        reason = spec.dtype_refusal(dtypes)
         if reason is not None:
             raise RewriteRefused(reason)
-        self.opset = max(self.opset, spec.opset_for(dtypes, values))
+        self.require_opset(spec.opset_for(dtypes, values), spec.describe(dtypes))
         self._plugins.append(spec)
         return self.node(name, inputs, spec.node_attributes(values), domain=DOMAIN)
 

@@ -8,6 +8,8 @@ from onnxpass.plugins import (  # noqa: F401
            layernorm,
            mask2pos,
            masked_softmax,
+           rmsnorm,
+           rotary,
 )
 from onnxpass.plugins.base import DOMAIN, NAMESPACE, PluginAttr, PluginSpec, all_plugins, get_plugin
 

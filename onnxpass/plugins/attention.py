@@ -1,11 +1,14 @@
 """AttentionPlugin: y = MatMul(softmax(scale * q k^T + mask), v), softmax over the last axis.
 
-q is (B, H, S, d), k is (B, Hkv, L, d) (not transposed), v is (B, Hkv, L, dv) with Hkv = H or 1;
-y is (B, H, S, dv). ``mask`` is additive, of q's dtype and broadcastable to (B, H, S, L) (a
-padding or causal mask, a relative-position bias, or their sum; a scalar 0 when the model has
-none). The softmax runs in dtype ``softmax_precision`` (an ONNX TensorProto type, default
-FLOAT). A row whose scores are all -inf (fully masked) gives zeros, as ONNX Attention does; one
-masked by a finite value (finfo.min) has equal scores and gives mean(v), as the model does.
+q is (B, H, S, d), k is (B, Hk, L, d) (not transposed), v is (B, Hv, L, dv), y is (B, H, S, dv).
+Hk and Hv divide H: query head h reads key head h // (H / Hk) and value head h // (H / Hv) (Hk =
+H: MHA; grouped-query attention, heads grouped as ONNX Attention and HF's repeat_kv group them;
+1: MQA); the function body repeats k and v to H heads. ``mask`` is additive, of q's dtype and
+broadcastable to (B, H, S, L) (a padding or causal mask, a relative-position bias, or their sum;
+a scalar 0 when the model has none). The softmax runs in dtype ``softmax_precision`` (an ONNX
+TensorProto type, default FLOAT). A row whose scores are all -inf (fully masked) gives zeros, as
+ONNX Attention does; one masked by a finite value (finfo.min) has equal scores and gives mean(v),
+as the model does.
 """
 
 from __future__ import annotations
@@ -17,12 +20,34 @@ from onnx import TensorProto
 from onnxpass.plugins.base import PluginAttr, PluginSpec, cast_like, register_plugin
 
 
+def _repeat(x: str) -> list[str]:
+    """x (B, Hx, L, e) with each head repeated H / Hx times in a row -> (B, H, L, e)."""
+    return [
+        f"   {x}_shape = Shape ({x})",
+        f"   {x}_heads = Slice ({x}_shape, i1, i2)",
+        f"   {x}_group = Div (heads, {x}_heads)",
+        f"   {x}_lead = Slice ({x}_shape, i0, i2)",
+        f"   {x}_tail = Slice ({x}_shape, i2, i4)",
+        f"   {x}_batch = Slice ({x}_shape, i0, i1)",
+        f"   {x}_wide_shape = Concat <axis: int = 0> ({x}_lead, {x}_group, {x}_tail)",
+        f"   {x}_1 = Unsqueeze ({x}, i2)",
+        f"   {x}_wide = Expand ({x}_1, {x}_wide_shape)",
+        f"   {x}_all_shape = Concat <axis: int = 0> ({x}_batch, heads, {x}_tail)",
+        f"   {x}_all = Reshape ({x}_wide, {x}_all_shape)",
+    ]
+
+
 def _body(opset: int) -> str:
     return "\n".join([
+        *(f"   i{k} = Constant <value_ints: ints = [{k}]> ()" for k in (0, 1, 2, 4)),
+        "   q_shape = Shape (q)",
+        "   heads = Slice (q_shape, i1, i2)",
+        *_repeat("k"),
+        *_repeat("v"),
         "   scale_f = Constant <value_float: float = @scale> ()",
         cast_like("scale_f", "q", opset, "scale"),
         "   qs = Mul (q, scale)",
-        "   kt = Transpose <perm: ints = [0, 1, 3, 2]> (k)",
+        "   kt = Transpose <perm: ints = [0, 1, 3, 2]> (k_all)",
         "   scores = MatMul (qs, kt)",
         "   masked = Add (scores, mask)",
         "   masked_sp = Cast <to: int = @softmax_precision> (masked)",
@@ -32,7 +57,7 @@ def _body(opset: int) -> str:
         "   zero_f = Constant <value_float: float = 0.0> ()",
         cast_like("zero_f", "q", opset, "zero"),
         "   p_safe = Where (nan, zero, p)",
-        "   y = MatMul (p_safe, v)",
+        "   y = MatMul (p_safe, v_all)",
     ])
 
 

@@ -39,7 +39,11 @@ class PluginSpec:
     ``typed_opset`` the lowest at which it computes in a type other than float32 (its constants
     reach T through CastLike). ``casts_attr`` names an attribute holding an ONNX element type the
     body casts to and back (attention's softmax precision): other than float32, it needs
-    ``typed_opset`` too. :meth:`can_emit` is the one place that applies these limits.
+    ``typed_opset`` too. These limits are applied in one place: :meth:`dtype_refusal` says which
+    dtypes no opset allows, :meth:`opset_for` the opset a node needs, :meth:`can_emit` both. A
+    model below that opset is not refused: the pass raises its opset, as it does for a standard
+    op (RewriteBuilder.require_opset; a float16 LayerNormPlugin in an opset-14 model raises it
+    to 15).
 
     Types: every input and output has the one type T, any of ``dtypes``, unless ``io_dtypes``
     gives it its own choices (an int64 mask, say); an output of type T takes the dtype of the
@@ -94,20 +98,31 @@ class PluginSpec:
             return max(self.min_opset, self.typed_opset)
         return self.min_opset
 
-    def can_emit(self, opset: int, dtypes: Mapping[str, str | None],
-                 attrs: Mapping[str, Any] | None = None) -> str | None:
-        """Why a node of this plugin cannot be emitted into a model of default-domain opset
-        ``opset`` with these input dtypes (io name -> dtype name), or None when it can."""
+    def dtype_refusal(self, dtypes: Mapping[str, str | None]) -> str | None:
+        """Why no model can hold a node of this plugin with these input dtypes (io name ->
+        dtype name), or None (:meth:`opset_for` then says from which opset one can)."""
         for name, dtype in dtypes.items():
             allowed = self.allowed_dtypes(name)
             if dtype not in allowed:
                 return (f"{self.name} takes {name} of dtype {', '.join(allowed)}, not "
                         f"{dtype or 'unknown'}")
-        need = self.opset_for(dtypes, attrs)
-        if opset < need:
-            return (f"{self.name} on {_describe(dtypes)} needs opset >= {need}, the model has "
-                    f"{opset}")
         return None
+
+    def describe(self, dtypes: Mapping[str, str | None]) -> str:
+        """``LayerNormPlugin on x float16, ...``: a node of this plugin, in a refusal."""
+        return f"{self.name} on {', '.join(f'{n} {d}' for n, d in dtypes.items())}"
+
+    def can_emit(self, opset: int, dtypes: Mapping[str, str | None],
+                 attrs: Mapping[str, Any] | None = None) -> str | None:
+        """Why a node of this plugin cannot be emitted into a model of default-domain opset
+        ``opset`` with these input dtypes (io name -> dtype name), or None when it can. A pass
+        does not ask this at the model's opset: it raises the opset to :meth:`opset_for` when a
+        match needs it, as for a standard op (see RewriteBuilder.require_opset)."""
+        reason = self.dtype_refusal(dtypes)
+        need = self.opset_for(dtypes, attrs)
+        if reason is None and opset < need:
+            reason = f"{self.describe(dtypes)} needs opset >= {need}, the model has {opset}"
+        return reason
 
     def function(self, opset: int) -> onnx.FunctionProto:
         if opset < self.min_opset:  # a caller that skipped can_emit: a bug, not a user's model
@@ -125,10 +140,6 @@ class PluginSpec:
         for k, v in self.attr_values(values).items():
             out[k] = helper.make_attribute(k, v)
         return out
-
-
-def _describe(dtypes: Mapping[str, str | None]) -> str:
-    return ", ".join(f"{n} {d}" for n, d in dtypes.items())
 
 
 def _typed(a: PluginAttr, v: Any) -> Any:

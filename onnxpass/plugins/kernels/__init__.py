@@ -10,6 +10,8 @@ from onnxpass.plugins.kernels import (  # noqa: F401  # noqa: F401
                                      layernorm,
                                      mask2pos,
                                      masked_softmax,
+                                     rmsnorm,
+                                     rotary,
 )
 from onnxpass.plugins.kernels.base import (
                                      AotKernel,

@@ -1,8 +1,9 @@
 """AttentionPlugin: NumPy reference and a Triton flash-attention kernel.
 
-y = softmax(scale * q k^T + mask) v over (B, H, S, d) x (B, Hkv, L, d) -> (B, H, S, dv), with
-Hkv = H or 1 and ``mask`` additive, broadcastable to (B, H, S, L) (a scalar, a key-padding
-(B, 1, 1, L), a causal (S, L), a bias (H, S, L), ...).
+y = softmax(scale * q k^T + mask) v over (B, H, S, d) x (B, Hkv, L, d) -> (B, H, S, dv), where
+Hkv divides H: query head h reads key/value head h // (H / Hkv) (MHA: Hkv = H; grouped-query
+attention; MQA: Hkv = 1; K and V may differ in Hkv). ``mask`` is additive, broadcastable to
+(B, H, S, L) (a scalar, a key-padding (B, 1, 1, L), a causal (S, L), a bias (H, S, L), ...).
 
 ``attention_fwd``: one program computes BLOCK_M rows of one (b, h): it walks the keys in tiles
 of BLOCK_N with an online softmax (running max and sum in float32), so the S x L scores never
@@ -29,9 +30,11 @@ accuracy, 7 to 30% slower on an H100 (docs/plugins.md).
 
 The softmax runs in float32 for any ``softmax_precision`` the exporters write (FLOAT, FLOAT16,
 BFLOAT16: never less precise than asked); DOUBLE has no kernel. d and dv must be known when
-compiled (they are constexprs); B, S and L may be symbolic. A mask dim broadcasts when it is a
-static 1; a symbolic one must equal the scores' dim at run time. Launch defaults come from a
-float16 sweep on an H100 (bench/plugins.py --attention --sweep), within 48 KB of shared memory.
+compiled (they are constexprs), and so must H and Hkv where they differ (the head group is a
+constexpr; Hkv = 1 may go with a symbolic H); B, S and L may be symbolic. A mask dim broadcasts
+when it is a static 1; a symbolic one must equal the scores' dim at run time. Launch defaults
+come from a float16 sweep on an H100 (bench/plugins.py --attention --sweep), within 48 KB of
+shared memory.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ from onnxpass.plugins.kernels.base import (
 
 def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, *, scale: float,
               softmax_precision: int) -> tuple[np.ndarray]:
-    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+    q64 = q.astype(np.float64)
+    k64, v64 = (_repeat_heads(a.astype(np.float64), q.shape[1]) for a in (k, v))
     with np.errstate(over="ignore", invalid="ignore"):  # inf - inf: a NaN row, made 0 below
         s = scale * q64 @ np.swapaxes(k64, -1, -2) + mask.astype(np.float64)
         # the model's float32 Add rounds z: at a mask of -10000 or finfo.min that decides p
@@ -71,22 +75,34 @@ def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, *, 
     return ((p @ v64).astype(q.dtype),)
 
 
+def _repeat_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """x's Hkv heads, each repeated H / Hkv times in a row: query head h reads x's head
+    h // (H / Hkv), as ONNX Attention and HF's repeat_kv group them."""
+    if heads % x.shape[1]:
+        raise ValueError(f"AttentionPlugin: {x.shape[1]} key/value heads do not divide {heads}")
+    return np.repeat(x, heads // x.shape[1], axis=1)
+
+
 @jit
 def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
                   SCALE: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, KV_SHARED: tl.constexpr, MASK: tl.constexpr,
-                  MASK_L: tl.constexpr, PRECISION: tl.constexpr, P_SPLIT: tl.constexpr):
+                  BLOCK_N: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
+                  MASK: tl.constexpr, MASK_L: tl.constexpr, PRECISION: tl.constexpr,
+                  P_SPLIT: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < S
     dq, dv, cols = tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV), tl.arange(0, BLOCK_N)
     dq_ok, dv_ok = dq < D, dv < DV
-    kv = b if KV_SHARED else bh
+    # (b, h)'s key and value heads: b * Hkv + h // group is bh // group (group divides H);
+    # group 0: one head shared by all (H may be symbolic)
+    k_bh = b if K_GROUP == 0 else bh // K_GROUP
+    v_bh = b if V_GROUP == 0 else bh // V_GROUP
     q_base = q_ptr + bh.to(tl.int64) * S * D
-    k_base = k_ptr + kv.to(tl.int64) * L * D
-    v_base = v_ptr + kv.to(tl.int64) * L * DV
+    k_base = k_ptr + k_bh.to(tl.int64) * L * D
+    v_base = v_ptr + v_bh.to(tl.int64) * L * DV
     m_base = m_ptr + b.to(tl.int64) * msb + h.to(tl.int64) * msh
     q = tl.load(q_base + rows[:, None] * D + dq[None, :],
                 mask=row_ok[:, None] & dq_ok[None, :], other=0.0)
@@ -143,7 +159,6 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     if d is None or dv is None:
         raise ValueError("AttentionPlugin: head sizes d and dv must be static")
     B, H, S, L = q[0], q[1], q[2], k[2]
-    shared = static(k[1]) == 1 and static(H) != 1
     m4 = [1] * (4 - len(mask)) + list(mask)
     strides, acc = [], 1
     for dim in reversed(m4):  # contiguous strides, 0 where the mask broadcasts
@@ -160,10 +175,23 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
         args=(H, S, L, strides[0], strides[1], strides[2]),
         constexprs={"SCALE": float(attrs["scale"]), "D": d, "DV": dv,
                     "BLOCK_D": max(16, next_pow2(d)), "BLOCK_DV": max(16, next_pow2(dv)),
-                    "BLOCK_M": bm, "BLOCK_N": bn, "KV_SHARED": shared,
+                    "BLOCK_M": bm, "BLOCK_N": bn,
+                    "K_GROUP": _group(H, k[1]), "V_GROUP": _group(H, v[1]),
                     "MASK": mask_kind, "MASK_L": 0 if static(m4[3]) == 1 else 1,
                     "PRECISION": "ieee" if fp32 else "tf32", "P_SPLIT": p_split and not fp32},
         num_warps=num_warps or (4 if bm <= 64 else 8), num_stages=stages)
+
+
+def _group(heads: Any, kv_heads: Any) -> int:
+    """Query heads per key/value head (0: one head serves all, whatever H is at run time)."""
+    h, hkv = static(heads), static(kv_heads)
+    if hkv == 1:
+        return 0
+    if h is None or hkv is None:  # symbolic: taken to be H (the pass emits GQA with known heads)
+        return 1
+    if h % hkv:
+        raise ValueError(f"AttentionPlugin: {hkv} key/value heads do not divide {h} query heads")
+    return h // hkv
 
 
 def _masked(kind: str) -> Any:
@@ -172,7 +200,7 @@ def _masked(kind: str) -> Any:
         (B, H, S, _), (_, _, L, _) = CASE_SHAPES[kind][:2]
         t = np_dtype(dtype)
         q, k, v = (rng.standard_normal(s).astype(t) for s in CASE_SHAPES[kind][:3])
-        if kind == "padding":  # keys past each batch's length masked; batch 1 row-wise too
+        if kind in ("padding", "gqa_padding"):  # keys past each batch's length; rows in batch 1
             m = np.zeros((B, 1, S, L))
             for b in range(B):
                 m[b, :, :, L - 3 * b - 2:] = -np.inf
@@ -195,6 +223,10 @@ CASE_SHAPES = {
     "key_padding": ((2, 2, 19, 32), (2, 2, 75, 32), (2, 2, 75, 32), (2, 1, 1, 75)),
     "causal": ((1, 2, 70, 32), (1, 2, 70, 32), (1, 2, 70, 32), (70, 70)),
     "bias_mqa": ((2, 3, 5, 16), (2, 1, 130, 16), (2, 1, 130, 16), (3, 5, 130)),
+    # grouped-query attention: 4 query heads per key/value head; 2 per head, with a bias per
+    # query head (one fully masked) that must follow the query head, not the key/value head
+    "gqa_padding": ((2, 8, 7, 16), (2, 2, 9, 16), (2, 2, 9, 12), (2, 1, 7, 9)),
+    "gqa_bias": ((2, 6, 5, 16), (2, 3, 40, 16), (2, 3, 40, 8), (6, 5, 40)),
 }
 
 KERNELS = register_kernel(KernelSpec(

@@ -1,0 +1,111 @@
+"""RMSNormPlugin: NumPy reference and Triton kernels.
+
+x is viewed as [rows, cols] with cols = prod(x.shape[axis:]); gamma holds cols values. The mean
+of squares is accumulated in float32 whatever the input dtype (float32, float16, bfloat16), so
+float16 rows with values above 256 do not overflow; y = x * rstd * gamma is formed in float32
+and rounded once. An all-zero row gives 0 for epsilon > 0 and NaN (0 * inf) for epsilon = 0, as
+the reference's 0 / 0 does.
+
+- ``rmsnorm_rows`` (cols known when compiled, up to 16384): a program normalizes ROWS whole rows
+  held in registers (one row from 2048 columns up: a Llama-7B row of 4096), so x is read once
+  and y written once.
+- ``rmsnorm_looped`` (cols known only at run time, or longer): a program walks one row in
+  chunks, reading it twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from onnxpass.plugins.kernels.base import (
+    Case,
+    KernelSpec,
+    Launch,
+    cdiv,
+    jit,
+    next_pow2,
+    prod,
+    register_kernel,
+    static,
+    tl,
+)
+
+MAX_ROW = 16384
+
+
+def reference(x: np.ndarray, gamma: np.ndarray, *, epsilon: float, axis: int
+              ) -> tuple[np.ndarray]:
+    x64 = x.astype(np.float64)
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = x64 / np.sqrt((x64 * x64).mean(axis=axes, keepdims=True) + epsilon)
+    return ((y * gamma.astype(np.float64)).astype(x.dtype),)
+
+
+@jit
+def rmsnorm_rows(x_ptr, gamma_ptr, n_rows, n_cols, y_ptr,
+                 EPS: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    col_ok = cols < n_cols
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + EPS)
+    g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    y = x * rstd[:, None] * g[None, :]
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@jit
+def rmsnorm_looped(x_ptr, gamma_ptr, n_rows, n_cols, y_ptr,
+                   EPS: tl.constexpr, BLOCK_N: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * n_cols
+    cols = tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, n_cols, BLOCK_N):
+        m = start + cols < n_cols
+        x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
+        acc += x * x
+    rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / n_cols + EPS)
+    for start in range(0, n_cols, BLOCK_N):
+        m = start + cols < n_cols
+        x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
+        g = tl.load(gamma_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row + start + cols, (x * rstd * g).to(y_ptr.dtype.element_ty), mask=m)
+
+
+def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
+         rows_per_program: int | None = None, num_warps: int | None = None) -> Launch:
+    x = shapes[0]
+    axis = attrs["axis"] % len(x)
+    rows, cols = prod(x[:axis]), prod(x[axis:])
+    n_gamma = static(prod(shapes[1]))
+    if n_gamma is not None and static(cols) is not None and n_gamma != static(cols):
+        raise ValueError(f"RMSNormPlugin: gamma has {n_gamma} values, the rows {static(cols)}")
+    eps = attrs["epsilon"]
+    n = static(cols)
+    if n is None or n > MAX_ROW:
+        return Launch(rmsnorm_looped, grid=(rows,), args=(rows, cols),
+                      constexprs={"EPS": eps, "BLOCK_N": 1024}, num_warps=num_warps or 4)
+    block = next_pow2(n)
+    r = rows_per_program or max(1, 2048 // block)
+    w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
+    return Launch(rmsnorm_rows, grid=(cdiv(rows, r),), args=(rows, cols),
+                  constexprs={"EPS": eps, "BLOCK_N": block, "ROWS": r}, num_warps=w)
+
+
+KERNELS = register_kernel(KernelSpec(
+    plugin="RMSNormPlugin",
+    reference=reference,
+    plan=plan,
+    cases=(
+        Case("llama", ((2, 5, 64), (64,)), {"epsilon": 1e-6}),
+        Case("odd_cols", ((3, 7, 37), (37,)), {"epsilon": 1e-5}),
+        Case("4d_two_axes", ((2, 3, 4, 6), (4, 6)), {"axis": -2}),
+        Case("one_row", ((48,), (48,)), {"axis": 0}),
+        Case("looped", ((3, 20000), (20000,)), {"epsilon": 1e-6}),
+    ),
+))
