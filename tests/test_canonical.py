@@ -415,3 +415,66 @@ def test_tf2onnx_layernorm_fuses_after_canonical() -> None:
     canonical = _fuse(original, "canonical")
     assert {"ReduceSum", "Expand"} & {n.op_type for n in canonical.graph.node} == set()
     _same_outputs(original, canonical, feeds, None)  # 1/16 is a power of two: bit for bit
+
+
+# ---- a term added between a no-op Reshape pair (BART-style decoder masks) -----------------------
+
+def mask_between_reshapes(t_shape: list[int], a: list[int]) -> onnx.ModelProto:
+    """scores (6, 5, 7) viewed as ``a``, + t, viewed back as (6, 5, 7), then Softmax and a
+    MatMul by V: Whisper's decoder self-attention on (B*heads, T, S) scores, static."""
+    nodes = [helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Reshape", ["s", "a"], ["s4"]),
+             helper.make_node("Add", ["s4", "t"], ["sm"]),
+             helper.make_node("Reshape", ["sm", "b"], ["s3"]),
+             helper.make_node("Softmax", ["s3"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(a, np.int64), "a"),
+             numpy_helper.from_array(np.array([6, 5, 7], np.int64), "b")]
+    graph = helper.make_graph(
+        nodes, "mask_between_reshapes",
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [6, 5, 4]),
+         helper.make_tensor_value_info("kt", TensorProto.FLOAT, [6, 4, 7]),
+         helper.make_tensor_value_info("v", TensorProto.FLOAT, [6, 7, 4]),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, t_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 5, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _mask_feeds(model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    feeds = []
+    for seed in (0, 1):
+        f = random_inputs(model, seed=seed)
+        f["t"] = np.where(f["t"] > 0.5, -np.inf, 0.0).astype(np.float32)  # a padding-like mask
+        feeds.append(f)
+    return feeds
+
+
+@pytest.mark.parametrize("a", [[2, 3, 5, 7], [-1, 3, 5, 7]], ids=["static", "minus_one"])
+def test_term_between_reshapes_moves_onto_the_scores_and_attention_fuses(a: list[int]) -> None:
+    """dynamo writes the view as (-1, heads, T, S): the -1 is a dim t has too (B)."""
+    original = mask_between_reshapes([2, 1, 5, 7], a)
+    canon = _fuse(original, "canonical")
+    reshaped = [n for n in canon.graph.node if n.op_type == "Reshape"]
+    assert [n.input[0] for n in reshaped if n.input[0] == "s"] == []  # the scores stay 3-D
+    assert _count(canon, "Expand") == 1
+    _same_outputs(original, canon, _mask_feeds(original), None)  # bit for bit
+    fused = _fuse(original, "attention")
+    assert _count(fused, "Attention") == 1 and _count(fused, "Softmax") == 0
+    _same_outputs(original, fused, _mask_feeds(original), 1e-5)
+
+
+@pytest.mark.parametrize(("t_shape", "a", "why"), [
+    ([2, 3, 5, 1, 7], [2, 3, 5, 7], "may broadcast the middle value"),
+    ([2, 1, 5, 7], [2, -1, 5, 7], "is not a shape t expands to"),
+    ([1, 1, 5, 7], [-1, 3, 5, 7], "is not a shape t expands to"),
+], ids=["term_broadcasts_up", "minus_one_where_t_broadcasts", "minus_one_over_a_batch_of_1"])
+def test_term_between_reshapes_near_misses(t_shape: list[int], a: list[int], why: str) -> None:
+    original = mask_between_reshapes(t_shape, a)
+    g = Graph(_copy(original))
+    g.refresh_types()
+    from onnxpass.passes.canonical import Canonical
+
+    reasons = " | ".join(str(x) for x in Canonical().explain(g) if x.rule == "add-in-reshape-pair")
+    assert why in reasons, reasons
+    canon = _fuse(original, "canonical")
+    assert sum(n.input[0] == "s" and n.op_type == "Reshape" for n in canon.graph.node) == 1

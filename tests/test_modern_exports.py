@@ -52,12 +52,6 @@ class Row(NamedTuple):
     xfail: dict[str, str]
 
 
-_MASK_BETWEEN_RESHAPES = (
-    "not fused yet: Whisper's decoder self-attention (BART-style) adds its causal mask between "
-    "a Reshape of the 3-D (B*heads, T, S) scores to (B, heads, T, S) and one back; the attention "
-    "pattern has no 3-D form with a 4-D mask (canonical removes the no-op Reshape pair after the "
-    "Softmax, not these two)")
-
 TABLE: dict[str, Row] = {
     "gpt2": Row({"layernorm": 5, "rmsnorm": 0, "gelu": 2, "attention": 2}, {}),
     "t5_encoder": Row({"layernorm": 0, "rmsnorm": 5, "gelu": 0, "attention": 2}, {}),
@@ -65,8 +59,7 @@ TABLE: dict[str, Row] = {
     "qwen2": Row({"layernorm": 0, "rmsnorm": 5, "gelu": 0, "attention": 2}, {}),
     "mask2former": Row({"layernorm": 7, "rmsnorm": 0, "gelu": 0, "attention": 2},
                        {}),
-    "whisper": Row({"layernorm": 12, "rmsnorm": 0, "gelu": 6, "attention": 6},
-                   dict.fromkeys(exporters("whisper"), _MASK_BETWEEN_RESHAPES)),
+    "whisper": Row({"layernorm": 12, "rmsnorm": 0, "gelu": 6, "attention": 6}, {}),
     "beit": Row({"layernorm": 7, "rmsnorm": 0, "gelu": 3, "attention": 3}, {}),
 }
 assert set(TABLE) == set(MODELS)

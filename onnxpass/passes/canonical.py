@@ -24,6 +24,15 @@ Matches
   Decoder self-attention on (B*heads, T, d) tensors writes attn.view(B, heads, T, S) then
   .view(B*heads, T, S) between the Softmax and the value MatMul. (const_slice merges the pairs
   that are not an identity, and cancels these too when it runs.)
+- ``add-in-reshape-pair``: Reshape(Reshape(x, a) + t, b) -> x + Reshape(Expand(t, a), b) when
+  the pair gives x's shape back (the reshape-pair proof), t does not broadcast the sum beyond
+  Reshape(x, a)'s shape, and a holds no 0 entry, nor a -1 where t is broadcast (a -1 becomes 1
+  in the Expand target, which keeps t's own dim there; dynamo writes view(-1, heads, T, S)): a
+  Reshape only re-indexes, so adding the term re-indexed alike to x is the same sum, element for
+  element. BART-style decoder
+  self-attention (Whisper) adds its causal mask so: scores (B*heads, T, S) viewed as (B, heads,
+  T, S), + mask (B, 1, T, S), viewed back; the attention pattern then sees an additive term on
+  the 3-D scores.
 - ``sum-to-mean``: ReduceSum(x, axes) / N or ReduceSum(x, axes) * (1/N), N the static product of
   the reduced dims -> ReduceMean(x, axes) (tf2onnx's mean). ReduceMean is the sum divided by N,
   so the Div form is bit-exact. The Mul form (tf2onnx's spelling) multiplies by 1/N rounded to
@@ -163,10 +172,16 @@ def check_reshape_identity(m: Match[None]) -> MatchFailure | None:
     the second target is x's dims read back from Shape(x)."""
     if (failure := _not_an_output(m)) is not None:
         return failure
+    mid = m.graph.producer[m.outputs[0]].inputs[0]  # the first Reshape's result
+    return _pair_gives_x(m, mid, mid)
+
+
+def _pair_gives_x(m: Match[None], mid: str, into: str) -> MatchFailure | None:
+    """Reshape(x, a) -> ``mid``, and the second Reshape (to b) of ``into`` (``mid``, or a value
+    of ``mid``'s shape) gives x's shape."""
     g, x = m.graph, m["x"]
-    mid = g.producer[m.outputs[0]].inputs[0]  # the first Reshape's result
     mid_dims = reshape_dims(g, x, m["a"], mid, m.attr("allowzero_a") or 0)
-    out = reshape_dims(g, mid, m["b"], m.outputs[0], m.attr("allowzero_b") or 0,
+    out = reshape_dims(g, into, m["b"], m.outputs[0], m.attr("allowzero_b") or 0,
                        in_dims=mid_dims)
     if same_shape(out, g.shape(x)):
         return None
@@ -194,6 +209,49 @@ def _reshaped_to_own_shape(m: Match[None], mid_dims: list[Dim]) -> MatchFailure 
         return MatchFailure(f"dims {doubt} of x may be 0, which the second Reshape (allowzero 0) "
                             f"would copy from the first one's result")
     return None
+
+
+def add_in_reshape_pair(op: PatternOps, x: PValue, t: PValue) -> PValue:
+    mid = op.Reshape(x, Var("a"), allowzero=Var("allowzero_a"))
+    return op.Reshape(op.Add(mid, t), Var("b"), allowzero=Var("allowzero_b"))
+
+
+def check_add_in_reshape_pair(m: Match[None]) -> MatchFailure | None:
+    """The pair gives x's shape back, t does not broadcast the sum beyond the middle value's
+    shape (the sum has that shape, as shape inference states it), and a is that shape entry by
+    entry (no 0 or -1 for the Reshape to resolve: the rewrite expands t to a)."""
+    g = m.graph
+    mid = next(n.outputs[0] for n in m.nodes if n.op_type == "Reshape" and n.inputs[0] == m["x"])
+    added = g.producer[m.outputs[0]].inputs[0]
+    ms, ss, ts = g.shape(mid), g.shape(added), g.shape(m["t"])
+    if ms is None or ts is None or len(ts) > len(ms) or ss is None or not same_shape(ss, ms):
+        return MatchFailure(f"the term of shape {ts} may broadcast the middle value {ms} up "
+                            f"(the sum is {ss})")
+    a = shape_value(g, m["a"])
+    if a is None or any(isinstance(e, int) and e == 0 for e in a) or (
+            -1 in a and not m.is_const("a")) or any(
+            e == -1 and not _keeps_dim(ts, ms, k - len(a)) for k, e in enumerate(a)):
+        return MatchFailure(f"the first target {a} is not a shape t expands to (a 0, or a -1 "
+                            f"where t's dim is not the middle value's)")
+    return _pair_gives_x(m, mid, added)
+
+
+def _keeps_dim(t: Any, mid: Any, k: int) -> bool:
+    """t's dim k (from the end) is the middle value's: t is not broadcast along it, so an
+    Expand target of 1 there keeps it."""
+    d = t[k] if -len(t) <= k else 1
+    return (isinstance(d, str) or (isinstance(d, int) and d > 1)) and d == mid[k]
+
+
+def emit_add_outside(op: RewriteBuilder, m: Match[None]) -> str:
+    """x + Reshape(Expand(t, a), b): the pair only re-indexes, so the term re-indexed the same
+    way is added to x itself (x gets no other user: the fused attention needs that). A -1 in a
+    constant a becomes 1 in the Expand target: Expand broadcasts, keeping t's own dim there."""
+    target = m["a"]
+    if m.is_const("a") and (m.const("a") == -1).any():
+        target = op.const(np.where(m.const("a") == -1, 1, m.const("a")).astype(np.int64))
+    term = op.Reshape(op.Expand(m["t"], target), m["b"], allowzero=m.attr("allowzero_b"))
+    return op.Add(m["x"], term)
 
 
 # A shape entry: an int, a dim symbol, or (value, i) for "dim i of value", unknown but itself.
@@ -357,6 +415,8 @@ class Canonical(PatternPass):
                  rewrite=lambda op, m: m["x"]),
             Rule(name="reshape-pair", pattern=reshape_pair, check=check_reshape_identity,
                  rewrite=lambda op, m: m["x"]),
+            Rule(name="add-in-reshape-pair", pattern=add_in_reshape_pair,
+                 check=check_add_in_reshape_pair, rewrite=emit_add_outside),
             Rule(name="sum-to-mean", pattern=sum_to_mean, check=check_sum_to_mean,
                  rewrite=emit_mean),
             Rule(name="expand-scalar", pattern=expand_scalar, check=check_expand_scalar,
