@@ -50,6 +50,10 @@ CASES = [
     # RMSNorm over the last dim: Llama-7B's hidden size at 8192 tokens, ViT-B's rows
     ("RMSNormPlugin", "Llama-7B 8192 tokens", (8192, 4096), {"epsilon": 1e-6}),
     ("RMSNormPlugin", "ViT-B/16 64x197 rows", (64 * 197, 768), {"epsilon": 1e-6}),
+    # Llama-7B prefill, Q of 4 sequences x 2048 tokens (B, H, S, D), caches (1, S, D/2)
+    ("RotaryEmbeddingPlugin", "Llama-7B Q 4x2048", (4, 32, 2048, 128), {"interleaved": 0}),
+    ("RotaryEmbeddingPlugin", "GPT-J-style Q 4x2048, interleaved", (4, 32, 2048, 128),
+     {"interleaved": 1}),
     ("GeluPlugin", "ViT-B/16 64x197 MLP", (64, 197, 3072), {"approximate": 0}),
     ("GeluPlugin", "ViT-B/16 64x197 MLP, tanh", (64, 197, 3072), {"approximate": 1}),
     ("GeluPlugin", "anchor 12608x768", (12608, 768), {"approximate": 0}),
@@ -76,6 +80,8 @@ def shapes_of(plugin: str, x: tuple[int, ...]) -> list[list[int]]:
         return [list(x), [x[-1]], [x[-1]]]
     if plugin == "RMSNormPlugin":
         return [list(x), [x[-1]]]
+    if plugin == "RotaryEmbeddingPlugin":
+        return [list(x), [1, x[2], x[3] // 2], [1, x[2], x[3] // 2]]
     if plugin == "MaskedSoftmaxPlugin":
         return [list(x), [x[0]] + [1] * (len(x) - 2) + [x[-1]]]
     if plugin == "AddBiasTransposePlugin":
@@ -155,6 +161,9 @@ def inputs(plugin: str, shapes: list[list[int]], dtype: str) -> list[Any]:
                 (0.1 * torch.randn(n, generator=g, device="cuda")).to(t)]
     if plugin == "RMSNormPlugin":
         return [x, (1 + 0.2 * torch.randn(shapes[1][0], generator=g, device="cuda")).to(t)]
+    if plugin == "RotaryEmbeddingPlugin":  # cos and sin of real angles
+        angles = torch.rand(shapes[1], generator=g, device="cuda") * 100
+        return [x, angles.cos().to(t), angles.sin().to(t)]
     return [x]
 
 
@@ -216,6 +225,20 @@ def torch_op(plugin: str, ins: list[Any], attrs: dict[str, Any]) -> Any:
     if plugin == "RMSNormPlugin":
         x, g = ins
         return lambda: F.rms_norm(x, x.shape[-1:], g, attrs.get("epsilon", 1e-5))
+    if plugin == "RotaryEmbeddingPlugin":  # HF's eager form; the full-width caches made once
+        x, cos, sin = ins
+        if attrs.get("interleaved"):
+            c, s = (t.repeat_interleave(2, -1)[:, None] for t in (cos, sin))
+
+            def rotate(v: Any) -> Any:
+                return torch.stack((-v[..., 1::2], v[..., ::2]), -1).flatten(-2)
+        else:
+            c, s = (torch.cat((t, t), -1)[:, None] for t in (cos, sin))
+
+            def rotate(v: Any) -> Any:
+                half = v.shape[-1] // 2
+                return torch.cat((-v[..., half:], v[..., :half]), -1)
+        return lambda: x * c + rotate(x) * s
     if plugin == "L2NormPlugin":
         return lambda: F.normalize(ins[0], dim=attrs.get("axis", -1), eps=attrs["eps"])
     if plugin == "MaskedSoftmaxPlugin":
