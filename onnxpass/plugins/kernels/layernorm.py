@@ -96,22 +96,32 @@ def layernorm_looped(x_ptr, gamma_ptr, beta_ptr, n_rows, n_cols, y_ptr,
 
 def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
          rows_per_program: int | None = None, num_warps: int | None = None) -> Launch:
+    return row_plan("LayerNormPlugin", ("gamma", "beta"), layernorm_rows, layernorm_looped,
+                    shapes, attrs, rows_per_program, num_warps)
+
+
+def row_plan(plugin: str, params: tuple[str, ...], rows_kernel: Any, looped_kernel: Any,
+             shapes: list[list[Any]], attrs: dict[str, Any], rows_per_program: int | None,
+             num_warps: int | None) -> Launch:
+    """The launch of a normalization over dims ``axis``.. of x (LayerNorm, RMSNorm): whole rows
+    in registers, several per program for narrow rows; rows over MAX_ROW or of a length known
+    only at run time loop. ``params`` (gamma, beta) must hold one value per row element."""
     x = shapes[0]
     axis = attrs["axis"] % len(x)
     rows, cols = prod(x[:axis]), prod(x[axis:])
-    for name, shape in zip(("gamma", "beta"), shapes[1:]):
+    for name, shape in zip(params, shapes[1:]):
         n = static(prod(shape))
         if n is not None and static(cols) is not None and n != static(cols):
-            raise ValueError(f"LayerNormPlugin: {name} has {n} values, the rows {static(cols)}")
+            raise ValueError(f"{plugin}: {name} has {n} values, the rows {static(cols)}")
     eps = attrs["epsilon"]
     n = static(cols)
     if n is None or n > MAX_ROW:
-        return Launch(layernorm_looped, grid=(rows,), args=(rows, cols),
+        return Launch(looped_kernel, grid=(rows,), args=(rows, cols),
                       constexprs={"EPS": eps, "BLOCK_N": 1024}, num_warps=num_warps or 4)
     block = next_pow2(n)
     r = rows_per_program or max(1, 2048 // block)
     w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
-    return Launch(layernorm_rows, grid=(cdiv(rows, r),), args=(rows, cols),
+    return Launch(rows_kernel, grid=(cdiv(rows, r),), args=(rows, cols),
                   constexprs={"EPS": eps, "BLOCK_N": block, "ROWS": r}, num_warps=w)
 
 

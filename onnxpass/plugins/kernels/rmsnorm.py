@@ -23,16 +23,11 @@ from onnxpass.plugins.kernels.base import (
     Case,
     KernelSpec,
     Launch,
-    cdiv,
     jit,
-    next_pow2,
-    prod,
     register_kernel,
-    static,
     tl,
 )
-
-MAX_ROW = 16384
+from onnxpass.plugins.kernels.layernorm import row_plan  # the launch plan: LayerNorm's
 
 
 def reference(x: np.ndarray, gamma: np.ndarray, *, epsilon: float, axis: int
@@ -79,22 +74,8 @@ def rmsnorm_looped(x_ptr, gamma_ptr, n_rows, n_cols, y_ptr,
 
 def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
          rows_per_program: int | None = None, num_warps: int | None = None) -> Launch:
-    x = shapes[0]
-    axis = attrs["axis"] % len(x)
-    rows, cols = prod(x[:axis]), prod(x[axis:])
-    n_gamma = static(prod(shapes[1]))
-    if n_gamma is not None and static(cols) is not None and n_gamma != static(cols):
-        raise ValueError(f"RMSNormPlugin: gamma has {n_gamma} values, the rows {static(cols)}")
-    eps = attrs["epsilon"]
-    n = static(cols)
-    if n is None or n > MAX_ROW:
-        return Launch(rmsnorm_looped, grid=(rows,), args=(rows, cols),
-                      constexprs={"EPS": eps, "BLOCK_N": 1024}, num_warps=num_warps or 4)
-    block = next_pow2(n)
-    r = rows_per_program or max(1, 2048 // block)
-    w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
-    return Launch(rmsnorm_rows, grid=(cdiv(rows, r),), args=(rows, cols),
-                  constexprs={"EPS": eps, "BLOCK_N": block, "ROWS": r}, num_warps=w)
+    return row_plan("RMSNormPlugin", ("gamma",), rmsnorm_rows, rmsnorm_looped, shapes, attrs,
+                    rows_per_program, num_warps)
 
 
 KERNELS = register_kernel(KernelSpec(
