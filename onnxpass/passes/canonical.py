@@ -40,6 +40,8 @@ Matches
   as the matcher accepts a constant an exporter computed; it is then bit-exact when N is a power
   of two and otherwise differs from the sum / N of ReduceMean by that rounding of 1/N at most.
   A 0.3 that is not 1/N never matches.
+- ``pool-to-mean``: GlobalAveragePool(x) -> ReduceMean(x, axes 2..rank-1, keepdims 1), the
+  same mean (tf2onnx writes Keras 3's LayerNorm moments over the last axis of a rank-3 x so).
 - ``expand-scalar``: op(Expand(c, shape), y) or op(y, Expand(c, shape)) (or Tile) for a
   one-element constant c and a broadcasting binary op (Add, Sub, Mul, Div, Pow, Max, Min, Mod,
   comparisons, And, Or, Xor) -> op(c, y) in the same order, when the Expand cannot change the
@@ -353,12 +355,25 @@ def check_sum_to_mean(m: Match[list[int]]) -> list[int] | MatchFailure:
 
 
 def emit_mean(op: RewriteBuilder, m: Match[list[int]]) -> str:
-    keep = None if m.attr("keepdims") in (None, 1) else m.attr("keepdims")
+    keep = m.attr("keepdims") if "keepdims" in m else None
+    keep = None if keep == 1 else keep
     axes = m.facts
     if m.graph.opset() >= 18:  # ReduceMean's axes became an input
         return op.ReduceMean(m["x"], op.const(np.array(axes, np.int64), hint="axes"),
                              keepdims=keep)
     return op.ReduceMean(m["x"], axes=axes, keepdims=keep)
+
+
+def pool_to_mean(op: PatternOps, x: PValue) -> PValue:
+    return op.GlobalAveragePool(x)
+
+
+def check_pool_to_mean(m: Match[list[int]]) -> list[int] | MatchFailure:
+    """GlobalAveragePool averages every dim after the first two: ReduceMean over those."""
+    r = m.rank("x")
+    if r is None or r < 3:
+        return MatchFailure(f"x of rank {r}: the pooled axes are not known")
+    return list(range(2, r))
 
 
 # ---- Expand of a scalar, Sub of a Neg, Div by a power of two ----------------------------------
@@ -418,6 +433,8 @@ class Canonical(PatternPass):
             Rule(name="add-in-reshape-pair", pattern=add_in_reshape_pair,
                  check=check_add_in_reshape_pair, rewrite=emit_add_outside),
             Rule(name="sum-to-mean", pattern=sum_to_mean, check=check_sum_to_mean,
+                 rewrite=emit_mean),
+            Rule(name="pool-to-mean", pattern=pool_to_mean, check=check_pool_to_mean,
                  rewrite=emit_mean),
             Rule(name="expand-scalar", pattern=expand_scalar, check=check_expand_scalar,
                  rewrite=emit_broadcast),

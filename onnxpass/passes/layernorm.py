@@ -7,6 +7,8 @@ non-trailing axis, the NCHW form with a Cx1x1 gamma), in the forms exporters wri
   Flax write it, E[x^2] - E[x]^2, optionally clamped with Max(var, 0);
 - the division as Div, or Mul by Reciprocal(Sqrt(...)); Sqrt or Pow(0.5);
 - gamma and beta each present or absent; Flax's (x - mean) * (Reciprocal(std) * gamma);
+  TensorFlow's x * inv + (beta - mean * inv) with inv = Reciprocal(std) * gamma (Keras 3 through
+  tf2onnx; the shift also as -mean * inv + beta): the same function, rounded in another order;
 - axes as attribute (opset < 18) or input (opset >= 18). Casts around the whole computation stay
   where they are: the fused op then sees the same float32 input the original did;
 - TorchScript's float16 form: x - mean cast up (to float or double) for the variance and the
@@ -78,7 +80,12 @@ def layernorm_pattern(op: PatternOps, x: PValue) -> PValue:
     normed = op.Cast(normed, to=Var("back")).optional()
     scaled = op.Mul(normed, Var("gamma")) | op.Mul(centered, op.Mul(op.Reciprocal(std),
                                                                       Var("gamma")))
-    return Alt(op.Add(scaled, Var("beta")), scaled, op.Add(normed, Var("beta")), normed)
+    # TensorFlow's batch-norm arrangement (Keras 3 via tf2onnx): with inv = gamma / std,
+    # x * inv + (beta - mean * inv), the shift as -mean * inv + beta or beta - mean * inv
+    inv = op.Mul(op.Reciprocal(std), Var("gamma"))
+    shift = op.Add(op.Mul(op.Neg(mu), inv), Var("beta")) | op.Sub(Var("beta"), op.Mul(mu, inv))
+    return Alt(op.Add(scaled, Var("beta")), scaled, op.Add(normed, Var("beta")), normed,
+               op.Add(op.Mul(x, inv), shift))
 
 
 _AT_LEAST: dict[int, set[int]] = {
