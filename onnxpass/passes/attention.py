@@ -27,7 +27,12 @@ in the forms exporters write:
   relative-position bias, or both), and masking as Where(cond, scores, fill) or its inverse;
 - Softmax over the last axis (-1 or 3), between Casts or not (softmax in another precision, or
   no-op Casts, up to two on each side);
-- dynamo's guard Where(IsNaN(p), 0, p) after the Softmax.
+- dynamo's guard Where(IsNaN(p), 0, p) after the Softmax;
+- TorchScript's float16 scaled_dot_product_attention with a float32 mask: the float16 scores
+  Cast up to float32 before the mask, V Cast up for P V, the result float32. Every form then
+  takes Q, K and V cast up (exact widenings) and computes in float32: the result differs from
+  the original only by the original's float16 rounding of Q K^T (trt: Q's projection is then
+  not folded).
 The fused node spans Q, K, V (after the head split) through MatMul(p, V): projections, packed
 QKV (Slice, Split, Gather/Squeeze), head split and head merge stay ordinary nodes.
 
@@ -107,7 +112,8 @@ SCALES = ("q_scale", "k_scale", "kt_scale", "s_scale")
 _LOWEST_F32 = -(2.0 ** 127)  # float32 finfo.min is below this; |s| < 2^103 vanishes against it
 
 
-def make_pattern(fold_q: bool, gqa: bool) -> Callable[[PatternOps, PValue, PValue, PValue], PValue]:
+def make_pattern(fold_q: bool, gqa: bool, upcast: bool = True
+                 ) -> Callable[[PatternOps, PValue, PValue, PValue], PValue]:
     """The attention core; with ``fold_q`` Q may also be matched with its projection, with
     ``gqa`` K and V with their repeat to Q's heads (grouped-query attention)."""
 
@@ -139,7 +145,7 @@ def make_pattern(fold_q: bool, gqa: bool) -> Callable[[PatternOps, PValue, PValu
                                   allowzero=Var("k_az_unflat")),
                   given=k_pre, tag="k_layout")
         scores = scaled(op.MatMul(scaled(q, "q_scale"), scaled(k_t, "kt_scale")), "s_scale")
-        if gqa:  # float16 SDPA exports (TorchScript): scores and V cast up for a float32 mask
+        if upcast:  # float16 SDPA exports (TorchScript): scores and V cast up for a float32 mask
             scores = op.Cast(scores, to=Var("up")).optional()
             v = op.Cast(v, to=Var("v_up")).optional()
         where = Alt(where=op.Where(Var("cond"), scores, Const("fill")),
@@ -413,6 +419,9 @@ def _check_fused(m: Match[Core], core: Core, form: str) -> bool | MatchFailure:
 
 
 def _check_trt(m: Match[Core], core: Core) -> MatchFailure | None:
+    if m.tag("q_proj") == "proj" and core.upcast:
+        return MatchFailure("the scores are cast up: Q's projection is not folded (its weights "
+                            "are of the narrower type)")
     if m.tag("q_proj") == "proj":
         if core.head_scale is not None:
             return MatchFailure("a per-head scale is not folded into Q's projection")
@@ -425,7 +434,7 @@ def _check_trt(m: Match[Core], core: Core) -> MatchFailure | None:
     changes = [m.tag(s) != "none" for s in SCALES[1:]] + [
         m.tag("q_scale") == "div", m.tag("guard") == "guard", m.tag("k_layout") == "flat",
         "cast_in" in m and m.attr("cast_in") == core.dtype,
-        "cast_out" in m and core.softmax_dtype == core.dtype]
+        "cast_out" in m and core.softmax_dtype == core.dtype, core.upcast]
     if not any(changes):
         return MatchFailure("already TensorRT's canonical MatMul-Softmax-MatMul")
     return None

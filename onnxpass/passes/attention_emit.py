@@ -72,12 +72,15 @@ def emit_trt(op: RewriteBuilder, m: Match[Core]) -> str:
             q = op.Add(q, op.const(m.const("b_q") * _np(c.dtype, c.scale)))
         q = op.Transpose(op.Reshape(q, m["q_heads"], allowzero=m.attr("q_allowzero")),
                          perm=[0, 2, 1, 3])
-    elif c.head_scale is not None:
-        factor = (c.head_scale * c.scale).astype(helper.tensor_dtype_to_np_dtype(c.dtype))
-        q = op.Mul(m["q"], op.const(factor))
-    else:
-        q = m["q"] if c.scale == 1.0 else op.Mul(m["q"], op.const(_np(c.dtype, c.scale)))
-    s = op.MatMul(q, c.k if c.kt_perm is None else op.Transpose(c.k, perm=c.kt_perm))
+    else:  # Q, K, V cast up where the graph cast the scores and V up (exact widenings)
+        q = op.Cast(m["q"], to=c.dtype) if c.upcast else m["q"]
+        if c.head_scale is not None:
+            factor = (c.head_scale * c.scale).astype(helper.tensor_dtype_to_np_dtype(c.dtype))
+            q = op.Mul(q, op.const(factor))
+        elif c.scale != 1.0:
+            q = op.Mul(q, op.const(_np(c.dtype, c.scale)))
+    k, v = (op.Cast(x, to=c.dtype) if c.upcast else x for x in (c.k, c.v))
+    s = op.MatMul(q, k if c.kt_perm is None else op.Transpose(k, perm=c.kt_perm))
     if m.tag("where") == "where":
         s = op.Where(m["cond"], s, m["fill"])
     elif m.tag("where") == "where_not":
@@ -88,7 +91,7 @@ def emit_trt(op: RewriteBuilder, m: Match[Core]) -> str:
     masked = [n for n in (*TERMS, "cond") if m.get(n)]
     guard = m.tag("guard") == "guard" and not all(
         n != "cond" and m.is_const(n) and np.isfinite(m.const(n)).all() for n in masked)
-    return _softmax_matmul(op, s, c.v, c.dtype, c.softmax_dtype, guard)
+    return _softmax_matmul(op, s, v, c.dtype, c.softmax_dtype, guard)
 
 
 def _softmax_matmul(op: RewriteBuilder, s: str, v: str, dt: int, sdt: int, guard: bool) -> str:
