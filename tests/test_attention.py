@@ -466,3 +466,32 @@ def test_float16_scores_cast_up_trt_chain_in_the_wider_type() -> None:
     assert s.within, f"{s.line()} (scaled max {err:.3g})"
     again, result = onnxpass.rewrite(rewritten, "attention=trt")
     assert sum(s.matches for s in result.stats if s.name.startswith("attention")) == 0
+
+
+def test_v_cast_alone_is_taken_as_the_cast_value() -> None:
+    """V cast from float16 to float32 while Q, K and the scores are float32 already: the fused
+    op takes the Cast's output as V (nothing is cast up)."""
+    h = helper
+    nodes = [h.make_node("Cast", ["v16"], ["v"], to=TensorProto.FLOAT),
+             h.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             h.make_node("MatMul", ["q", "kt"], ["s"]),
+             h.make_node("Mul", ["s", "scale"], ["ss"]),
+             h.make_node("Softmax", ["ss"], ["p"], axis=-1),
+             h.make_node("MatMul", ["p", "v"], ["y"])]
+    graph = h.make_graph(
+        nodes, "v_cast", [h.make_tensor_value_info("q", TensorProto.FLOAT, [2, 4, 5, 8]),
+                          h.make_tensor_value_info("k", TensorProto.FLOAT, [2, 4, 6, 8]),
+                          h.make_tensor_value_info("v16", TensorProto.FLOAT16, [2, 4, 6, 8])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 5, 8])],
+        [numpy_helper.from_array(np.array(8 ** -0.5, np.float32), "scale")])
+    original = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    work = onnx.ModelProto()
+    work.CopyFrom(original)
+    rewritten, _ = onnxpass.rewrite(work, "attention")
+    fused = [n for n in rewritten.graph.node if n.op_type == "Attention"]
+    producers = {o: n for n in rewritten.graph.node for o in n.output}
+    assert len(fused) == 1 and producers[fused[0].input[2]].op_type == "Cast"
+    assert [n.op_type for n in rewritten.graph.node].count("Cast") == 1
+    feeds = random_inputs(original, seed=0)
+    s, err = scaled_stats("y", run(original, feeds)["y"], run(rewritten, feeds)["y"], 1e-5)
+    assert s.within, f"{s.line()} (scaled max {err:.3g})"

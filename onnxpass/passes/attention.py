@@ -172,14 +172,16 @@ def check_attention(m: Match[Core], form: str) -> Core | MatchFailure:
     if isinstance(kv, MatchFailure):
         return kv
     k, v, group = kv
-    if "v_up" in m and "up" not in m:  # V is cast, the scores are not: V is the Cast's output
+    v_cast = None
+    if "v_up" in m and "up" not in m:  # V is cast, the scores are not: the rewrite casts V too
         if group is not None:
             return MatchFailure("V is cast after its repeat to Q's heads, the scores are not")
-        v = m.nodes[0].inputs[1]
+        v_cast = m.attr("v_up")
     g = m.graph
     q = "q" if m.get("q") else "x_q"
-    if m.dtype(q) not in FLOATS or g.dtype(v) != m.dtype(q):
-        return MatchFailure(f"Q/V dtypes {m.dtype(q)}/{g.dtype(v)} are not one float type")
+    v_type = v_cast or g.dtype(v)
+    if m.dtype(q) not in FLOATS or v_type != m.dtype(q):
+        return MatchFailure(f"Q/V dtypes {m.dtype(q)}/{v_type} are not one float type")
     r = g.rank(v)
     if r not in (3, 4) or g.rank(k) != r or (m.rank("q") if m.get("q") else 4) != r:
         return MatchFailure(f"Q/K/V ranks {m.get('q') and m.rank('q')}/{g.rank(k)}/{r}: "
@@ -195,7 +197,7 @@ def check_attention(m: Match[Core], form: str) -> Core | MatchFailure:
         return k_perm
     if group is not None and k_perm is not None and k_perm[:2] != [0, 1]:
         return MatchFailure(f"K is repeated along its dim 1 but its heads are dim {k_perm[1]}")
-    dt = g.dtype(v)
+    dt = v_type
     up = _upcast(m, dt)
     if isinstance(up, MatchFailure):
         return up
@@ -206,7 +208,7 @@ def check_attention(m: Match[Core], form: str) -> Core | MatchFailure:
         return MatchFailure(f"Softmax runs in type {sdt} and returns {out}; Q is {dt}")
     k_in, v_in = (m["k_kv"], m["v_kv"]) if group is not None else (k, v)
     core = Core(r, scale, dt, sdt, k_perm, kt_perm, k_in, v_in, expand_mask=False,
-                head_scale=head_scale, kv_group=group, upcast=up is not None)
+                head_scale=head_scale, kv_group=group, upcast=up is not None, v_cast=v_cast)
     if form == "trt":
         failure = _check_trt(m, core)
         return core if failure is None else failure

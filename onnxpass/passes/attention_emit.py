@@ -31,6 +31,7 @@ class Core:
     head_scale: np.ndarray | None = None  # (1, H, 1, 1): one more factor per head, put on Q
     kv_group: int | None = None  # query heads per K/V head where the repeat is folded in
     upcast: bool = False         # the scores and V were cast up to dtype: Q, K, V are cast too
+    v_cast: int | None = None    # V alone was cast (to dtype) inside the match: cast it again
 
 
 def emit_fused(op: RewriteBuilder, m: Match[Core], form: str) -> str:
@@ -40,6 +41,8 @@ def emit_fused(op: RewriteBuilder, m: Match[Core], form: str) -> str:
     q, k, v = m["q"], c.k, c.v
     if c.upcast:  # widening Casts are exact: the fused op computes in the type the graph did
         q, k, v = (op.Cast(x, to=c.dtype) for x in (q, k, v))
+    elif c.v_cast is not None:
+        v = op.Cast(v, to=c.v_cast)
     if c.head_scale is not None:
         q = op.Mul(q, op.const(c.head_scale.astype(helper.tensor_dtype_to_np_dtype(c.dtype))))
     k = k if c.k_perm is None else op.Transpose(k, perm=c.k_perm)
@@ -80,6 +83,8 @@ def emit_trt(op: RewriteBuilder, m: Match[Core]) -> str:
         elif c.scale != 1.0:
             q = op.Mul(q, op.const(_np(c.dtype, c.scale)))
     k, v = (op.Cast(x, to=c.dtype) if c.upcast else x for x in (c.k, c.v))
+    if c.v_cast is not None:
+        v = op.Cast(v, to=c.v_cast)
     s = op.MatMul(q, k if c.kt_perm is None else op.Transpose(k, perm=c.kt_perm))
     if m.tag("where") == "where":
         s = op.Where(m["cond"], s, m["fill"])
