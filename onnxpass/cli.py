@@ -164,7 +164,7 @@ def _load(path: str) -> Graph:
     the file, its strings or the external data files it reads."""
     try:
         try:
-            model = load_model(path)
+            model = load_model(path, in_place=True)
         except TypeError:  # a non-UTF-8 external data location reaches path code as bytes
             _decode_strings(onnx.load(path, load_external_data=False))
             raise

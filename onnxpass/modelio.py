@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxpass import wire
 from onnxpass.errors import ModelLoadError, OnnxpassError
 from onnxpass.loadcheck import check_loadable
 
@@ -49,9 +50,15 @@ _UNSIZED = {TensorProto.UNDEFINED, TensorProto.STRING, getattr(TensorProto, "FLO
 
 # ---- loading ------------------------------------------------------------------------------------
 
-def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike[str], *, in_place: bool = False) -> onnx.ModelProto:
     """Load a model; external data stays on disk, named relative to the folder the model file
-    resolves to, and is checked (confined, in bounds) here, before anything reads it."""
+    resolves to, and is checked (confined, in bounds) here, before anything reads it.
+
+    ``in_place``: the inline data of big initializers is not read either. Those tensors become
+    external data whose location is the model file itself (onnxpass/wire.py finds their bytes
+    without parsing them); :func:`save_model` writes them back inline, copied file to file. A
+    run then costs what it changes, not two copies of every weight; reading such a tensor
+    (``numpy_helper.to_array(t, base_dir)``, ``Graph.const_value``) reads just its bytes."""
     p = Path(path)
     try:
         st = p.stat()
@@ -64,7 +71,9 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block, a device never end
         raise ModelLoadError(f"{p}: not a regular file")
     try:
-        model = onnx.load(str(p), load_external_data=False)
+        model = _load_in_place(p) if in_place else None
+        if model is None:
+            model = onnx.load(str(p), load_external_data=False)
     except OSError as e:
         raise ModelLoadError(f"{p}: cannot read: {e.strerror or e}") from None
     except Exception as e:
@@ -75,8 +84,45 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise ModelLoadError(f"{p}: not an ONNX model (no IR version)")
     base = p.resolve().parent
     for t in external_tensors(model):
-        _locate(t, base, str(p))
+        if not _is_in_place(t, base):
+            _locate(t, base, str(p))
     return model
+
+
+# Model files this process read with ``in_place``: an external location naming one of them is
+# inline data left in the file, which saving writes back inline.
+_IN_PLACE_SOURCES: set[Path] = set()
+_IN_PLACE_BYTES = 4096  # smaller raw_data is parsed: not worth a span
+
+
+def _load_in_place(p: Path) -> onnx.ModelProto | None:
+    """The model at ``p`` with its big inline initializers pointing at ``p`` itself, or None
+    when the file is not laid out as onnxpass/wire.py expects (then onnx.load parses it)."""
+    from onnxpass import wire
+
+    try:
+        data, spans = wire.scan_model(p, _IN_PLACE_BYTES)
+    except (wire.WireError, ValueError):  # ValueError: mmap of an empty file
+        return None
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    if not spans:
+        return model
+    real = p.resolve()
+    inits = model.graph.initializer
+    for s in spans:
+        t = inits[s.index]
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", real.name), ("offset", str(s.offset)),
+                     ("length", str(s.length))):
+            t.external_data.add(key=k, value=v)
+    _IN_PLACE_SOURCES.add(real)
+    return model
+
+
+def _is_in_place(t: TensorProto, base: Path) -> bool:
+    loc = _location(t)
+    return bool(loc) and not os.path.isabs(loc) and (base / loc).resolve() in _IN_PLACE_SOURCES
 
 
 def check_model(model: onnx.ModelProto, source: str = "model") -> None:
@@ -252,12 +298,15 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: s
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(out)
-        serialized = None if any(external_tensors(model)) else _serialize_under_2gb(model)
+        base = Path(base_dir).resolve()
+        pieces = _inline_pieces(model, base)
+        serialized = None if pieces is not None or any(external_tensors(model)) else \
+            _serialize_under_2gb(model)
         data = None
-        if serialized is None:
-            data, serialized = _write_data(model, out, Path(base_dir).resolve(), sources)
+        if serialized is None and pieces is None:
+            data, serialized = _write_data(model, out, base, sources)
         try:
-            _write_file(out, serialized)
+            _write_file(out, serialized if pieces is None else pieces)
         except BaseException:
             if data is not None:  # nothing points at it: the old pair is still in place
                 data.unlink(missing_ok=True)
@@ -377,12 +426,32 @@ def _serialize_pointing_at(model: onnx.ModelProto, edits: list[tuple[TensorProto
                 t.raw_data = raw
 
 
-def _write_file(out: Path, data: bytes) -> None:
+def _inline_pieces(model: onnx.ModelProto, base: Path) -> list[wire.Piece] | None:
+    """``model`` serialized with the data left in place by ``load_model(in_place=True)`` back
+    inline, as pieces to write; None when it names other external data, has no such tensor, or
+    would pass 2 GB (then :func:`_write_data` writes every weight to a data file)."""
+    splices: dict[int, wire.Splice] = {}
+    inits = model.graph.initializer
+    for k, t in enumerate(inits):
+        if t.data_location == TensorProto.EXTERNAL and _is_in_place(t, base):
+            src, offset, length = _locate(t, base, str(base))
+            splices[k] = wire.Splice(src, offset, length)
+    if not splices or sum(1 for _ in external_tensors(model)) != len(splices):
+        return None
+    pieces = wire.model_pieces(model, splices)
+    return pieces if wire.pieces_size(pieces) <= _TWO_GB else None
+
+
+def _write_file(out: Path, data: bytes | list[wire.Piece]) -> None:
     """Temp file beside ``out``, fsync, rename over ``out``."""
     tmp = _temp_path(out, "")
     try:
         with _create(tmp) as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                f.flush()
+                wire.write_pieces(f.fileno(), data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)

@@ -133,8 +133,9 @@ def first_pass_view(graph: Graph, passes: Sequence[Pass]) -> Graph:
 
 
 def load_graph(path: str | os.PathLike[str]) -> Graph:
-    """Load and check the model at ``path``; its external data stays on disk."""
-    model = load_model(path)
+    """Load and check the model at ``path``; its external data, and the data of its big inline
+    initializers, stay on disk (``load_model(in_place=True)``) until a pass reads them."""
+    model = load_model(path, in_place=True)
     check_model(model, str(path))
     return Graph(model, str(Path(path).resolve().parent))
 
