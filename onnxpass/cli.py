@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-check", action="store_true",
                    help="skip onnx.checker after each pass (shape inference still runs)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="let the libraries onnxpass runs (ONNX, ONNX Runtime, ...) print their "
+                        "warnings")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=cmd_run)
 
@@ -362,28 +367,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         from onnxpass.verify import check_dims
 
         check_dims(graph.model, dims)
-    with _stdout_to_stderr():
-        result = pipeline.run(graph)
     t1 = time.perf_counter()
+    with _stdout_to_stderr(), warnings.catch_warnings():
+        if not args.verbose:  # third-party warnings are noise in onnxpass's summary
+            warnings.simplefilter("ignore")
+        result = pipeline.run(graph)
+    t2 = time.perf_counter()
+    pass_s = t2 - t1
     result.save(out)
-    save_s = time.perf_counter() - t1
+    save_s = time.perf_counter() - t2
     verify_lines: list[str] = []
     verify_failed: str | None = None
+    t3 = time.perf_counter()
     if feeds is not None:
         with _stdout_to_stderr():
             verify_lines, verify_failed = _verify(src, out, feeds, args)
+    verify_s = time.perf_counter() - t3
     summary = {
         "input": str(src), "output": str(out), "rounds": result.rounds,
         "converged": result.converged, "notes": result.notes,
-        "passes": [s.__dict__ for s in result.stats],
-        "load_seconds": load_s, "save_seconds": save_s, "verify": verify_lines,
+        "passes": [dataclasses.asdict(s) for s in result.stats],
+        "load_seconds": load_s, "passes_seconds": pass_s, "save_seconds": save_s,
+        "verify_seconds": verify_s, "total_seconds": time.perf_counter() - t0,
+        "verify": verify_lines,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
-        _print_table(result.stats)
+        _print_table(result.stats, result.rounds,
+                     {"load": load_s, "passes": pass_s, "save": save_s,
+                      **({"verify": verify_s} if feeds is not None else {}),
+                      "total": time.perf_counter() - t0})
         for line in verify_lines:
             print(f"verify {line}")
         print(f"wrote {out}")
@@ -464,9 +480,14 @@ def _parse_floats(flag: str, text: str | None) -> list[float] | None:
                             "e.g. 0.5,0.5,0.5") from None
 
 
-def _print_table(stats) -> None:  # type: ignore[no-untyped-def]
-    rows = [("pass", "matches", "nodes before", "nodes after", "time (s)")]
-    rows += [(s.name, str(s.matches), str(s.nodes_before), str(s.nodes_after), f"{s.seconds:.3f}")
+def _print_table(stats, rounds: int = 0,  # type: ignore[no-untyped-def]
+                 stages: dict[str, float] | None = None) -> None:
+    """Per pass: rewrites, nodes before and after its first run (the first round, down the
+    rows), runs of ``rounds`` (a pass with nothing new to see is skipped), seconds and the part
+    of them spent checking after it. Then the run's stages."""
+    rows = [("pass", "matches", "nodes before", "nodes after", "runs", "time (s)", "check (s)")]
+    rows += [(s.name, str(s.matches), str(s.nodes_before), str(s.nodes_after),
+              f"{s.runs}/{len(s.rounds)}", f"{s.seconds:.3f}", f"{s.check_seconds:.3f}")
              for s in stats]
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     for k, r in enumerate(rows):
@@ -474,6 +495,9 @@ def _print_table(stats) -> None:  # type: ignore[no-untyped-def]
                         enumerate(zip(r, widths))))
         if k == 0:
             print("  ".join("-" * w for w in widths))
+    if stages:
+        print(f"{rounds} round{'s' if rounds != 1 else ''}; " +
+              ", ".join(f"{name} {sec:.3f} s" for name, sec in stages.items()))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

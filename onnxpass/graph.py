@@ -178,6 +178,7 @@ class Graph:
         self._schema_cache: dict[tuple[str, str, str], Any] = {}
         # Values still of unknown rank after the last symbolic inference (see refresh_types).
         self._beyond_symbolic: frozenset[str] = frozenset()
+        self._dims_proven = False  # prove_dims ran since the last refresh_types
         self.producer: Mapping[str, Node] = MappingProxyType(self._producer)
         self.types: Mapping[str, onnx.TypeProto] = MappingProxyType(self._types)
         for vi in itertools.chain(g.input, g.output, g.value_info):
@@ -356,6 +357,28 @@ class Graph:
         self._types[name] = _tensor_type(helper.np_dtype_to_tensor_dtype(np.asarray(array).dtype),
                                          np.shape(array))
         return name
+
+    def fold(self, nodes: Iterable[Node], values: Mapping[str, np.ndarray]) -> None:
+        """Replace the constant computation ``nodes`` by its results: each of ``values`` (an
+        output of ``nodes``) becomes an initializer of the same name, so its readers stay as they
+        are. No other output of ``nodes`` may be read outside them or be a graph output."""
+        nodes = list({id(n): n for n in nodes}.values())
+        inside = {id(n) for n in nodes}
+        for n in nodes:
+            if n.graph is not self:
+                raise PassError(f"fold {n!r}: not a node of this graph")
+            for o in n.outputs:
+                if o and self.is_output(o):
+                    raise PassError(f"fold {n!r}: {o!r} is a graph output")
+                if o and o not in values and any(id(u) not in inside for u in self.users(o)):
+                    raise PassError(f"fold {n!r}: {o!r} is read outside the folded nodes")
+        for n in nodes:
+            self._remove(n)
+        for name, array in values.items():
+            t = numpy_helper.from_array(np.asarray(array), name)
+            self._new_initializers[name] = t
+            self._types[name] = _tensor_type(t.data_type, t.dims)
+            self._const_cache.pop(name, None)
 
     def set_type(self, value: str, elem_type: int, shape: Shape | None | object = KEEP) -> None:
         """Record ``value``'s element type (and shape; by default the one it has). A graph input
@@ -554,6 +577,7 @@ class Graph:
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
                 self._types[vi.name] = vi.type
         self._const_cache.clear()
+        self._dims_proven = False
         # Run only for values the last run did not already leave unknown: it would again.
         if self._unranked() - self._beyond_symbolic:
             self._fill_types(symbolic_types(skel, self._types))
@@ -561,6 +585,20 @@ class Graph:
         if self._hook_types() and retry:
             # What follows such a node is inferred again, now that its outputs are typed.
             self.refresh_types(retry=False)
+
+    def prove_dims(self) -> bool:
+        """Fill the dims ONNX's inference left unknown, or named by a symbol it made up
+        (``unk__3``), with what ONNX Runtime's symbolic shape inference proves
+        (:func:`symbolic_types`: ``2*batch`` for a batch*heads dim). At most once between two
+        :meth:`refresh_types`. :meth:`refresh_types` runs it only for values of unknown rank;
+        a proof that needs symbolic dims asks for it here (it costs seconds on a model of a
+        thousand nodes). Returns whether it ran."""
+        if self._dims_proven:
+            return False
+        self._dims_proven = True
+        skel, _ = skeleton(self.to_model())
+        self._fill_types(symbolic_types(skel, self._types))
+        return True
 
     def _unranked(self) -> frozenset[str]:
         """The values nodes compute, and something reads, whose rank is unknown."""

@@ -6,6 +6,7 @@ from onnxpass.passes import (  # noqa: F401
     canonical,
     cleanup,
     const_slice,
+    fold,
     fp16,
     gelu,
     l2norm,

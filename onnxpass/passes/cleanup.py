@@ -128,8 +128,11 @@ def _has_subgraph(node: Node) -> bool:
 
 
 @register
-class FoldConstants(Pass):
-    """Folds computations on constants with onnx-graphsurgeon (ONNX Runtime evaluates them).
+class FoldWithGraphSurgeon(Pass):
+    """The folding ``fold`` did before it worked in place (onnxpass/passes/fold.py): the whole
+    model through onnx-graphsurgeon and polygraphy's shape inference, every round; kept to
+    compare against (bench/bench_fold.py, tests/test_fold.py). Folds computations on constants
+    with onnx-graphsurgeon (ONNX Runtime evaluates them).
 
     GraphSurgeon's own shape folding is off: onnx-graphsurgeon 0.6.1 folds Shape, and Gather or
     Slice of a Shape, ignoring Shape's ``start``/``end`` (``Gather(Shape(x, start=1), 1)`` gives
@@ -138,8 +141,8 @@ class FoldConstants(Pass):
     Shape values are folded by fold_shapes.py instead, and random ops never (a fixed sample).
     """
 
-    name = "fold"
-    summary = "fold computations on constants (onnx-graphsurgeon folding on ONNX Runtime)"
+    name = "fold_graphsurgeon"
+    summary = "fold as onnxpass did before `fold`: the whole model through onnx-graphsurgeon"
 
     def run(self, ctx: PassContext) -> int:
         g = ctx.graph

@@ -35,14 +35,46 @@ CANONICAL = "canonical"
 
 
 @dataclass
+class RoundStat:
+    """One run of a pass: its round, rewrites, the live node count just before and after it
+    (the clean-up and checks after it included), and seconds (``check_seconds`` of them in the
+    checks and shape inference after it). ``skipped``: nothing changed since it last ran and
+    found nothing, so it did not run."""
+
+    round: int
+    matches: int = 0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    seconds: float = 0.0
+    check_seconds: float = 0.0
+    skipped: bool = False
+
+
+@dataclass
 class PassStat:
-    """One row per pass instance of the pipeline (a pass listed twice has two)."""
+    """One row per pass instance of the pipeline (a pass listed twice has two): its runs, one per
+    round, and their totals. ``nodes_before``/``nodes_after`` are those of its first run, so
+    down the rows of a table they follow the graph through the first round."""
 
     name: str
     matches: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
     seconds: float = 0.0
+    check_seconds: float = 0.0
+    rounds: list[RoundStat] = field(default_factory=list)
+
+    def add(self, r: RoundStat) -> None:
+        if not self.rounds:
+            self.nodes_before, self.nodes_after = r.nodes_before, r.nodes_after
+        self.rounds.append(r)
+        self.matches += r.matches
+        self.seconds += r.seconds
+        self.check_seconds += r.check_seconds
+
+    @property
+    def runs(self) -> int:
+        return sum(1 for r in self.rounds if not r.skipped)
 
 
 @dataclass
@@ -200,20 +232,30 @@ class PassManager:
         graph.remove_dead()  # passes see only what reaches an output
         graph.refresh_types()
         rounds, changed = 0, 0
+        # A pass that found nothing is not run again until another pass has changed the graph:
+        # edits[k] is the number of changing runs before pass k last ran and found nothing.
+        edits, idle_at = 0, [-1] * len(self.passes)
         for rounds in range(1, self.max_rounds + 1):
             changed = 0
             for k, (p, stat) in enumerate(zip(self.passes, stats)):
                 before = len(ctx.graph.nodes)
-                if rounds == 1:
-                    stat.nodes_before = before
+                if idle_at[k] == edits:
+                    stat.add(RoundStat(rounds, 0, before, before, 0.0, 0.0, skipped=True))
+                    continue
                 t0 = time.perf_counter()
                 self.progress(f"[round {rounds}, {k + 1}/{len(self.passes)}] {p.label}")
                 n = p.run(ctx)
+                check = 0.0
                 if n:
+                    t1 = time.perf_counter()
                     self._after(ctx.graph, p)
-                stat.seconds += time.perf_counter() - t0
-                stat.matches += n
-                stat.nodes_after = len(ctx.graph.nodes)
+                    check = time.perf_counter() - t1
+                    edits += 1
+                    idle_at[k] = -1
+                else:
+                    idle_at[k] = edits
+                stat.add(RoundStat(rounds, n, before, len(ctx.graph.nodes),
+                                   time.perf_counter() - t0, check))
                 changed += n
                 if n and self.dump_dir is not None:
                     step += 1

@@ -1,0 +1,357 @@
+"""Constant folding that costs what it folds: the ``fold`` pass.
+
+The folder before this one (``fold_graphsurgeon``, onnxpass/passes/fold_shapes.py) exported the
+whole model to onnx-graphsurgeon, inferred shapes on it with polygraphy and exported it back, up
+to ten times a run: every weight decoded and copied each time, whether or not anything near it
+folded (18 s of a 20 s run on a 333 MB CLIP). This one works on the :class:`Graph` in place:
+
+1. **Constants** are initializers and Constant nodes; Constant nodes become initializers of the
+   same name (as GraphSurgeon's export wrote them).
+2. **Shape values** (:func:`shape_values`): Shape of a value whose rank is known, and the data
+   movement over it (Gather, Slice, Concat, Squeeze, Unsqueeze, Reshape, Identity), evaluated by
+   ONNX's reference implementation on the shape with a distinct sentinel for each unknown dim; a
+   result with no sentinel left is a constant (``Gather(Shape(x), 1)`` of a [batch, 50, 768]
+   value is 50 whatever the batch).
+3. **Computations on constants** (:func:`constant_nodes`): every deterministic standard node
+   whose inputs are all constant, in one extracted subgraph that ONNX Runtime evaluates
+   (optimizations off: the kernels alone), with the constants it reads as feeds. Only those
+   constants are decoded: a weight stays in its file unless a node that folds reads it (a
+   position-embedding Gather reads its table). A result over ``MAX_BYTES`` (GraphSurgeon's
+   ``size_threshold``, 16 MiB) stays computed, and so do its inputs as needed.
+
+Steps 2 and 3 repeat, with shape inference between, while they fold something. A node whose
+evaluation failed is remembered and not tried again by later rounds of the same graph; nodes that
+do not fold cost one look at their inputs. Not folded: random ops (a fixed sample), nodes with
+subgraphs, other domains, graph outputs.
+
+``fold:evaluator=reference`` evaluates step 3 with ONNX's reference implementation instead
+(bench/bench_fold.py measures both, and GraphSurgeon, and onnxscript's folder).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, cast
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, helper
+
+from onnxpass.errors import OnnxpassError
+from onnxpass.graph import Graph, Node
+from onnxpass.passes.base import Pass, PassContext, register
+
+MAX_BYTES = 16 << 20
+MAX_STEPS = 10
+RANDOM = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                    "Multinomial", "Bernoulli", "Dropout"})
+MOVES = frozenset({"Gather", "Slice", "Concat", "Squeeze", "Unsqueeze", "Reshape", "Identity"})
+_SENTINEL = -(2**62)  # unknown dims are _SENTINEL - k: no real shape value comes near
+_SUBGRAPH = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
+EVALUATORS = ("onnxruntime", "reference")
+
+
+@register
+class FoldConstants(Pass):
+    name = "fold"
+    summary = "fold computations on constants and known shape values (ONNX Runtime evaluates)"
+    options: ClassVar[tuple[str, ...]] = ("evaluator",)
+
+    def __init__(self, form: str | None = None) -> None:
+        super().__init__(form)
+        self.evaluator = "onnxruntime"
+        self._failed: set[tuple[int, int]] = set()  # (graph, node) ids evaluation refused
+
+    def set_option(self, name: str, value: str) -> None:
+        if name != "evaluator":
+            raise OnnxpassError(f"pass fold has no option {name!r}; options: evaluator")
+        if value not in EVALUATORS:
+            raise OnnxpassError(f"fold:evaluator={value}: evaluators are "
+                                f"{', '.join(EVALUATORS)}")
+        self.evaluator = value
+
+    def run(self, ctx: PassContext) -> int:
+        g = ctx.graph
+        total = constant_nodes_to_initializers(g)
+        for step in range(MAX_STEPS):
+            n = shape_values(g, self._failed) + constant_nodes(g, self.evaluator, self._failed)
+            total += n
+            if not n:
+                break
+            if step + 1 < MAX_STEPS:
+                g.refresh_types()  # a folded Reshape shape makes the next Shape known
+        return total
+
+
+def _standard(node: Node) -> bool:
+    return node.domain == "" and node.op_type not in RANDOM and not any(
+        a.type in _SUBGRAPH for a in node.attrs.values())
+
+
+def constant_nodes_to_initializers(g: Graph) -> int:
+    """Constant nodes (not graph outputs) become initializers of the same name."""
+    found = [n for n in g.nodes if n.op_type == "Constant" and n.domain == ""
+             and len(n.outputs) == 1 and not g.is_output(n.outputs[0])]
+    done = 0
+    for n in found:
+        value = g.const_value(n.outputs[0])
+        if value is not None:
+            g.fold([n], {n.outputs[0]: value})
+            done += 1
+    return done
+
+
+# ---- shape values -------------------------------------------------------------------------------
+
+def shape_values(g: Graph, failed: set[tuple[int, int]]) -> int:
+    """Fold every shape value that is fully known, and remove every Reshape of x to a shape
+    computed to be x's own (see the module docstring); returns how many nodes were removed.
+
+    An unknown dim is a sentinel named by its symbol (values that share a ``dim_param`` share
+    it) or else by its value and position, so ``Reshape(x, Concat(Gather(Shape(x), 0), 12, 50,
+    64))`` of an x of shape [batch, 12, 50, 64] is seen to be x."""
+    known: dict[str, np.ndarray] = {}
+    producers: dict[str, Node] = {}
+    sentinels: dict[tuple[str, ...], int] = {}
+    reshapes: list[Node] = []
+    opset = g.opset()
+
+    def symbolic(value: str) -> list[int] | None:
+        dims = g.shape(value)
+        if dims is None:
+            return None
+        return [d if isinstance(d, int) else sentinels.setdefault(
+            ("p", d) if isinstance(d, str) else ("v", value, str(k)),
+            _SENTINEL - len(sentinels)) for k, d in enumerate(dims)]
+
+    for node in g.toposort():
+        if not _standard(node) or len(node.outputs) != 1 or not node.outputs[0]:
+            continue
+        out = node.outputs[0]
+        if node.op_type == "Shape":
+            shape = None if g.is_const(node.inputs[0]) else symbolic(node.inputs[0])
+            if shape is None:
+                continue  # a constant's Shape is folded with the constants
+            known[out] = _shape_slice(node, shape)
+            producers[out] = node
+            continue
+        if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] in known:
+            reshapes.append(node)
+        if node.op_type in MOVES and _moves_shape(g, node, known) \
+                and (id(g), id(node)) not in failed:
+            feeds = {i: known[i] if i in known else g.const_value(i) for i in node.inputs if i}
+            try:
+                known[out] = _reference([node], cast(dict[str, np.ndarray], feeds), [out],
+                                        opset)[out]
+            except Exception:  # an invalid index or shape: the runtime will say so
+                failed.add((id(g), id(node)))
+                continue
+            producers[out] = node
+    removed = 0
+    for node in reshapes:  # Reshape(x, shape of x): x
+        x, out = node.inputs[0], node.outputs[0]
+        if g.is_output(out) or not _same_shape(known[node.inputs[1]].tolist(), symbolic(x),
+                                               bool(node.attr("allowzero", 0))):
+            continue
+        g.replace([node], [out], [], [x])
+        removed += 1
+    done = {v for v, a in known.items()
+            if not g.is_output(v) and not np.any(a <= _SENTINEL // 2)}
+    return removed + _fold_results(g, producers, done, known)
+
+
+def _same_shape(target: list[int], dims: list[int] | None, allowzero: bool) -> bool:
+    """Reshape to ``target`` keeps a value of shape ``dims`` as it is: every dim equal, or 0
+    (copy that dim, without allowzero), or the one -1 (then the only dim left to infer)."""
+    if dims is None or len(target) != len(dims) or target.count(-1) > 1:
+        return False
+    return all(t == d or (t == 0 and not allowzero) or t == -1 for t, d in zip(target, dims))
+
+
+def _shape_slice(node: Node, shape: list[int]) -> np.ndarray:
+    """Shape(x, start, end) of a value of shape ``shape``: the dims sliced as ONNX clamps them."""
+    rank = len(shape)
+    start, end = node.attr("start", 0), node.attr("end", rank)
+    start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
+    return np.array(shape[start:end], dtype=np.int64)
+
+
+def _moves_shape(g: Graph, node: Node, known: dict[str, np.ndarray]) -> bool:
+    """The node moves shape values: its data is a shape value (every input of a Concat an int64
+    shape value or constant), its other inputs constant."""
+    if node.op_type == "Concat":
+        return any(i in known for i in node.inputs) and all(
+            i in known or (g.is_const(i) and g.dtype(i) == onnx.TensorProto.INT64)
+            for i in node.inputs)
+    return bool(node.inputs) and node.inputs[0] in known and all(
+        not i or i in known or g.is_const(i) for i in node.inputs[1:])
+
+
+# ---- computations on constants ------------------------------------------------------------------
+
+def constant_nodes(g: Graph, evaluator: str, failed: set[tuple[int, int]]) -> int:
+    """Fold the deterministic standard nodes whose inputs are all constant (see the module
+    docstring); returns how many nodes were removed."""
+    plan: list[Node] = []
+    computed: set[str] = set()
+    for node in g.toposort():
+        if not _standard(node) or node.op_type == "Constant" or (id(g), id(node)) in failed:
+            continue
+        if any(o and g.is_output(o) for o in node.outputs):
+            continue
+        if not all(not i or i in computed or g.is_const(i) for i in node.inputs):
+            continue
+        if any(_bytes(g, o) > MAX_BYTES for o in node.outputs if o):  # known too big: not run
+            continue
+        plan.append(node)
+        computed.update(o for o in node.outputs if o)
+    if not plan:
+        return 0
+    # The values read outside the plan are its results; the others are intermediate.
+    inside = {id(n) for n in plan}
+    results = [o for n in plan for o in n.outputs
+               if o and any(id(u) not in inside for u in g.users(o))]
+    values = _evaluate(g, plan, results, evaluator, failed)
+    if values is None:
+        return 0
+    producers = {o: n for n in plan for o in n.outputs if o}
+    small = {v for v in results if v in values and values[v].nbytes <= MAX_BYTES}
+    return _fold_results(g, producers, small, values)
+
+
+def _bytes(g: Graph, value: str) -> int:
+    """Bytes of ``value`` from its inferred type; 0 when unknown (then evaluated and checked)."""
+    shape, dtype = g.shape(value), g.dtype(value)
+    if shape is None or dtype is None or not all(isinstance(d, int) for d in shape):
+        return 0
+    try:
+        size = helper.tensor_dtype_to_np_dtype(dtype).itemsize
+    except Exception:
+        return 0
+    return int(np.prod(shape, dtype=np.int64)) * size
+
+
+def _evaluate(g: Graph, plan: list[Node], results: list[str], evaluator: str,
+              failed: set[tuple[int, int]]) -> dict[str, np.ndarray] | None:
+    """The values of ``results``: the plan run as one subgraph, or, when that fails, node by
+    node (a node that fails is recorded in ``failed``, and what reads it is not run)."""
+    computed = {o for n in plan for o in n.outputs if o}
+    feeds: dict[str, np.ndarray] = {}
+    for n in plan:
+        for i in n.inputs:
+            if i and i not in computed and i not in feeds:
+                value = g.const_value(i)
+                if value is None:
+                    return None
+                feeds[i] = value
+    run = _ort if evaluator == "onnxruntime" else _reference
+    try:
+        return run(plan, feeds, results, g.opset(), g.model)
+    except Exception:  # an op or type the evaluator lacks: node by node, to fold the rest
+        pass
+    values: dict[str, np.ndarray] = dict(feeds)
+    for n in plan:
+        ins = [i for i in n.inputs if i]
+        if any(i not in values for i in ins):
+            continue
+        outs = [o for o in n.outputs if o]
+        try:
+            values.update(run([n], {i: values[i] for i in ins}, outs, g.opset(), g.model))
+        except Exception:
+            failed.add((id(g), id(n)))
+    return {v: values[v] for v in results if v in values}
+
+
+def _fold_results(g: Graph, producers: dict[str, Node], done: set[str],
+                  values: dict[str, np.ndarray]) -> int:
+    """Fold ``done`` (values computed by ``producers``' nodes) into initializers, with the
+    nodes only they need. A producer any value not folded still reads stays."""
+    if not done:
+        return 0
+    # Walk back from each folded value through the nodes that computed it; a node whose other
+    # outputs are read by something that stays is kept (its outputs stay computed).
+    needed: dict[int, Node] = {}
+    stack = [producers[v] for v in done if v in producers]
+    while stack:
+        n = stack.pop()
+        if id(n) in needed:
+            continue
+        needed[id(n)] = n
+        stack.extend(producers[i] for i in n.inputs if i in producers and i not in done)
+    removable = _closed(g, list(needed.values()), done)
+    if not removable:
+        return 0
+    folded = {v: values[v] for v in done
+              if v in producers and id(producers[v]) in {id(n) for n in removable}}
+    # Values of removed nodes still read by a kept node must be folded too.
+    keep_ids = {id(n) for n in removable}
+    for n in removable:
+        for o in n.outputs:
+            if o and o not in folded and any(id(u) not in keep_ids for u in g.users(o)):
+                if o not in values:
+                    return 0  # unreachable by construction; never fold half a computation
+                folded[o] = values[o]
+    g.fold(removable, folded)
+    return len(removable)
+
+
+def _closed(g: Graph, nodes: list[Node], done: set[str]) -> list[Node]:
+    """The nodes of ``nodes`` to remove: those whose outputs are folded or read only inside the
+    removed set; iterated until stable."""
+    chosen = {id(n): n for n in nodes}
+    changed = True
+    while changed:
+        changed = False
+        for key, n in list(chosen.items()):
+            for o in n.outputs:
+                if not o or o in done:
+                    continue
+                if g.is_output(o) or any(id(u) not in chosen for u in g.users(o)):
+                    del chosen[key]
+                    changed = True
+                    break
+    return list(chosen.values())
+
+
+# ---- evaluators ---------------------------------------------------------------------------------
+
+def _subgraph(plan: Sequence[Node], feeds: dict[str, np.ndarray], results: Iterable[str],
+              opset: int, model: onnx.ModelProto | None) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [n.to_proto() for n in plan], "onnxpass_fold",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+         for k, v in feeds.items()],
+        [onnx.ValueInfoProto(name=r) for r in results])
+    opsets = list(model.opset_import) if model is not None else \
+        [helper.make_opsetid("", opset)]
+    m = helper.make_model(graph, opset_imports=opsets)
+    if model is not None:
+        m.ir_version = model.ir_version
+    return m
+
+
+def _ort(plan: Sequence[Node], feeds: dict[str, np.ndarray], results: Sequence[str], opset: int,
+         model: onnx.ModelProto | None = None) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    m = _subgraph(plan, feeds, results, opset, model)
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    outs = sess.run(list(results), feeds)
+    return {r: np.asarray(v) for r, v in zip(results, outs)}
+
+
+def _reference(plan: Sequence[Node], feeds: dict[str, np.ndarray], results: Sequence[str],
+               opset: int, model: onnx.ModelProto | None = None) -> dict[str, np.ndarray]:
+    from onnx.reference import ReferenceEvaluator
+
+    m = _subgraph(plan, feeds, results, opset, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outs = cast(list[Any], ReferenceEvaluator(m).run(list(results), feeds))
+    return {r: np.asarray(v) for r, v in zip(results, outs)}
