@@ -162,7 +162,10 @@ class Graph:
         # Insertion-ordered by id: removal is O(1) and iteration keeps the model's order.
         self._nodes: dict[int, Node] = {}
         self._producer: dict[str, Node] = {}
-        self._consumers: dict[str, list[Node]] = {}
+        # value -> its readers, one entry per input slot, in the order they were added. Keyed
+        # (id(node), k) for the node's k-th entry there: removing a node is O(its entries), not
+        # O(the value's readers) (a constant CSE shares between all layers has thousands).
+        self._consumers: dict[str, dict[tuple[int, int], Node]] = {}
         self.inputs: tuple[str, ...] = tuple(i.name for i in g.input)
         self.outputs: tuple[str, ...] = tuple(o.name for o in g.output)
         self._input_set = set(self.inputs)
@@ -216,21 +219,39 @@ class Graph:
                 self._used_names.add(o)
         for i in node.inputs:
             if i:
-                self._consumers.setdefault(i, []).append(node)
+                self._add_user(i, node)
+
+    def _add_user(self, value: str, node: Node) -> None:
+        users = self._consumers.get(value)
+        if users is None:
+            users = self._consumers[value] = {}
+        key, k = id(node), 0
+        while (key, k) in users:  # the node reads the value more than once
+            k += 1
+        users[key, k] = node
 
     def _remove(self, node: Node) -> None:
         self._nodes.pop(id(node), None)
         for o in node.outputs:
             if self._producer.get(o) is node:
                 del self._producer[o]
+        key = id(node)
         for i in node.inputs:
             users = self._consumers.get(i)
             if users:
-                users[:] = [u for u in users if u is not node]
+                k = 0
+                while users.pop((key, k), None) is not None:  # all of the node's entries
+                    k += 1
         node.graph = None
 
     def users(self, value: str) -> list[Node]:
-        return list(self._consumers.get(value, ()))
+        users = self._consumers.get(value)
+        return list(users.values()) if users else []
+
+    def _readers(self, value: str) -> Iterable[Node]:
+        """:meth:`users` without the copy (not to be held across an edit)."""
+        users = self._consumers.get(value)
+        return users.values() if users else ()
 
     def is_output(self, value: str) -> bool:
         return value in self._output_set
@@ -449,7 +470,7 @@ class Graph:
             for user in self.users(old):
                 self._sorted = False
                 user.inputs = [new if i == old else i for i in user.inputs]
-                self._consumers.setdefault(new, []).append(user)
+                self._add_user(new, user)
             self._consumers.pop(old, None)
         for node in new_nodes:
             self._add(node)
@@ -463,7 +484,7 @@ class Graph:
                     continue
                 if self.is_output(o):
                     raise RewriteRefused(f"internal value {o!r} is a graph output")
-                for u in self._consumers.get(o, ()):
+                for u in self._readers(o):
                     if id(u) not in inside:
                         raise RewriteRefused(f"internal value {o!r} is also used by {u.op_type} "
                                              f"{u.name or u.outputs[0]!r} outside the match")
@@ -475,7 +496,7 @@ class Graph:
         produced = {o for n in matched for o in n.outputs}
         ins = {i for n in matched for i in n.inputs if i and i not in produced}
         seen: set[int] = set()
-        stack = [u for o in outputs for u in self._consumers.get(o, ()) if id(u) not in inside]
+        stack = [u for o in outputs for u in self._readers(o) if id(u) not in inside]
         while stack:
             n = stack.pop()
             if id(n) in seen:
@@ -483,7 +504,7 @@ class Graph:
             seen.add(id(n))
             if any(o in ins for o in n.outputs):
                 return True
-            stack.extend(u for o in n.outputs for u in self._consumers.get(o, ())
+            stack.extend(u for o in n.outputs for u in self._readers(o)
                          if id(u) not in inside)
         return False
 
@@ -524,7 +545,7 @@ class Graph:
             order.append(n)
             done: set[int] = set()
             for o in n.outputs:
-                for u in self._consumers.get(o, ()):
+                for u in self._readers(o):
                     if id(u) in done or id(u) not in indeg or u is n:
                         continue
                     done.add(id(u))

@@ -20,11 +20,11 @@ from tests.models_projections import (
 )
 
 EXPORTERS = ("torchscript", "dynamo")
-# Head splits whose (B, S) cannot be proven kept. DETR adds a position embedding to the encoder's
-# queries and keys and the cross-attention's keys; in the TorchScript export its shape is
-# unknown to inference, so hidden + pos need not be the (B, S) the Reshape's target is built
-# from. The default pipeline's fold resolves it (all 9 then fuse).
-UNPROVABLE = {("detr", "torchscript"): 3}
+# DETR adds a position embedding to the encoder's queries and keys and the cross-attention's
+# keys; in the TorchScript export ONNX's inference leaves the shape of hidden + pos unknown, so
+# it does not prove that the sum is the (B, S) the Reshape's target is built from. The check
+# then asks for symbolic dims (Graph.prove_dims), which prove it: all 9 fuse.
+SYMBOLIC = {("detr", "torchscript"): 3}
 
 
 @pytest.mark.parametrize("form", ("plugin", "std"))
@@ -35,7 +35,7 @@ def test_real_model_every_head_split(real_models, name: str, exporter: str, form
     if isinstance(path, str):
         pytest.skip(path)
     want = projection_counts(real_models.built(name))
-    splits = want.head_splits - UNPROVABLE.get((name, exporter), 0)
+    splits = want.head_splits
     _, rewritten, rewrites = rewrite_checked(path, f"add_bias_transpose={form},matmul2d")
     assert rewrites["add_bias_transpose"] == splits
     assert rewrites["matmul2d"] == want.linear_nd - (splits if form == "std" else 0)
@@ -43,16 +43,28 @@ def test_real_model_every_head_split(real_models, name: str, exporter: str, form
     assert len(plugins) == (splits if form == "plugin" else 0)
 
 
-def test_detr_torchscript_says_why(real_models) -> None:
+def test_detr_torchscript_proves_b_s_symbolically(real_models, monkeypatch) -> None:
+    """With ONNX's dims alone, 3 of DETR's head splits are refused as "may not keep (B, S)";
+    the check asks for symbolic dims and all 9 match."""
     path = real_models.export("detr", "torchscript")
     if isinstance(path, str):
         pytest.skip(path)
     g = Graph(onnx.load(str(path)))
     g.refresh_types()
-    refused = [a.reason for a in explain(g, AddBiasTranspose("plugin").rules())
-               if not a.matched and a.reason.startswith("check failed")]
-    assert len(refused) == UNPROVABLE[("detr", "torchscript")]
+    rules = AddBiasTranspose("plugin").rules()
+
+    def checked(graph: Graph) -> tuple[int, list[str]]:
+        attempts = explain(graph, rules)
+        return sum(a.matched for a in attempts), [
+            a.reason for a in attempts if not a.matched and a.reason.startswith("check failed")]
+
+    with monkeypatch.context() as mp:
+        mp.setattr(g, "prove_dims", lambda: False)
+        matched, refused = checked(g)
+    assert matched == 9 - SYMBOLIC[("detr", "torchscript")]
+    assert len(refused) == SYMBOLIC[("detr", "torchscript")]
     assert all("may not keep (B, S)" in r for r in refused), refused
+    assert checked(g) == (9, [])
 
 
 def test_plugin_output_shapes() -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnxpass.passes.base import PatternPass, register
-from onnxpass.passes.dims import reshape_dims, reshape_to, same
+from onnxpass.passes.dims import UnprovenDims, proving_dims, reshape_dims, reshape_to, same
 from onnxpass.passes.matmul2d import check_bias, gemm_2d
 from onnxpass.passes.normalize import FLOATS
 from onnxpass.patterns import (
@@ -74,6 +74,7 @@ class HeadSplit:
     head_size: int
 
 
+@proving_dims
 def check(m: Match[HeadSplit]) -> HeadSplit | MatchFailure:
     xs = m.shape("x")
     if m.dtype("x") not in FLOATS:
@@ -122,7 +123,7 @@ def _check_split(m: Match[HeadSplit], n: int) -> HeadSplit | MatchFailure:
     if not (isinstance(h, int) and isinstance(d, int) and h * d == n):
         return MatchFailure(f"the Reshape to {dims} does not split {n} features into heads")
     if len(xs) == 3 and not (same(dims[0], xs[0]) and same(dims[1], xs[1])):  # type: ignore
-        return MatchFailure(f"the Reshape to {dims} may not keep (B, S) of {xs}")
+        return UnprovenDims(f"the Reshape to {dims} may not keep (B, S) of {xs}")
     return HeadSplit(heads=h, head_size=d)
 
 

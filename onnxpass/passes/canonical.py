@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -86,7 +85,7 @@ from onnxpass.graph import NOT_CONSTANT, Dim, Graph
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.cleanup import cast_noop_rules
 from onnxpass.passes.const_slice import check_transpose_pair
-from onnxpass.passes.dims import reshape_dims, same, same_shape
+from onnxpass.passes.dims import proving_dims, reshape_dims, same, same_shape
 from onnxpass.passes.normalize import FLOATS
 from onnxpass.passes.tile import broadcast_pattern, check_broadcast, emit_broadcast
 from onnxpass.patterns import (
@@ -171,19 +170,6 @@ def reshape_pair(op: PatternOps, x: PValue) -> PValue:
     return op.Reshape(mid, Var("b"), allowzero=Var("allowzero_b"))
 
 
-def _with_proven_dims(check: Callable[[Match[None]], MatchFailure | None]
-                      ) -> Callable[[Match[None]], MatchFailure | None]:
-    """``check``, run again once the graph's unknown dims are proven symbolically
-    (Graph.prove_dims) when it fails: dynamic decoders' pairs need ``2*batch``."""
-    @functools.wraps(check)
-    def checked(m: Match[None]) -> MatchFailure | None:
-        failure = check(m)
-        if failure is not None and _dims_in_doubt(m) and m.graph.prove_dims():
-            failure = check(m)
-        return failure
-    return checked
-
-
 def _dims_in_doubt(m: Match[None]) -> bool:
     """The pair's result may be x's shape but a dim of either is not known as an int (proving
     symbolic dims costs seconds on a big model: not for pairs that change the rank)."""
@@ -192,7 +178,7 @@ def _dims_in_doubt(m: Match[None]) -> bool:
         isinstance(d, int) for d in (*x, *y))
 
 
-@_with_proven_dims
+@functools.partial(proving_dims, doubt=lambda m: _dims_in_doubt(m))
 def check_reshape_identity(m: Match[None]) -> MatchFailure | None:
     """The pair gives x's own shape: every dim the same int or symbol (const_slice's proof), or
     the second target is x's dims read back from Shape(x)."""
@@ -242,7 +228,7 @@ def add_in_reshape_pair(op: PatternOps, x: PValue, t: PValue) -> PValue:
     return op.Reshape(op.Add(mid, t), Var("b"), allowzero=Var("allowzero_b"))
 
 
-@_with_proven_dims
+@functools.partial(proving_dims, doubt=lambda m: _dims_in_doubt(m))
 def check_add_in_reshape_pair(m: Match[None]) -> MatchFailure | None:
     """The pair gives x's shape back, t does not broadcast the sum beyond the middle value's
     shape (the sum has that shape, as shape inference states it), and a is that shape entry by

@@ -8,13 +8,42 @@ shape inference), or None (unknown). Only ints and symbols prove anything.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from onnxpass.graph import Dim, Graph
-from onnxpass.patterns import RewriteBuilder
+from onnxpass.patterns import Match, MatchFailure, RewriteBuilder
+
+_R = TypeVar("_R")
+
+
+class UnprovenDims(MatchFailure):
+    """A check's failure that better dims could turn into a match: a symbolic dim ONNX's
+    inference did not name (``unk__3`` where ONNX Runtime's symbolic inference proves
+    ``2*batch``). :func:`proving_dims` proves them and checks again."""
+
+    __slots__ = ()
+
+
+def proving_dims(check: Callable[[Match[Any]], _R],
+                 doubt: Callable[[Match[Any]], bool] | None = None
+                 ) -> Callable[[Match[Any]], _R]:
+    """``check``, run again after :meth:`Graph.prove_dims` when it fails with
+    :class:`UnprovenDims` (or any failure where ``doubt(match)`` holds). The proof costs seconds
+    on a big model, once between two shape inferences: checks ask for it only when dims decide."""
+    @functools.wraps(check)
+    def checked(m: Match[Any]) -> _R:
+        result = check(m)
+        if isinstance(result, MatchFailure) and (
+                isinstance(result, UnprovenDims) or (doubt is not None and doubt(m))) \
+                and m.graph.prove_dims():
+            result = check(m)
+        return result
+    return checked
 
 
 def same(a: Dim, b: Dim) -> bool:

@@ -36,7 +36,7 @@ from typing import Any, ClassVar, cast
 
 import numpy as np
 import onnx
-from onnx import AttributeProto, helper
+from onnx import AttributeProto, helper, numpy_helper
 
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import Graph, Node
@@ -241,7 +241,7 @@ def _evaluate(g: Graph, plan: list[Node], results: list[str], evaluator: str,
     for n in plan:
         for i in n.inputs:
             if i and i not in computed and i not in feeds:
-                value = g.const_value(i)
+                value = _read(g, i)
                 if value is None:
                     return None
                 feeds[i] = value
@@ -261,6 +261,15 @@ def _evaluate(g: Graph, plan: list[Node], results: list[str], evaluator: str,
         except Exception:
             failed.add((id(g), id(n)))
     return {v: values[v] for v in results if v in values}
+
+
+def _read(g: Graph, value: str) -> np.ndarray | None:
+    """A constant's value; a weight is read from its file without entering the graph's cache of
+    decoded constants (which holds what the passes read), so it is freed after the fold."""
+    t = g._initializer(value)  # not .initializers: that copies the whole map
+    if t is not None and not g.is_input(value) and t.data_location == onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(t, g.base_dir)
+    return g.const_value(value)
 
 
 def _fold_results(g: Graph, producers: dict[str, Node], done: set[str],
