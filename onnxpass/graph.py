@@ -116,6 +116,37 @@ class Node:
             f" [{self.name}]" if self.name else "")
 
 
+_INDEXED_AT = 8  # a value's readers past which they are a _Readers, not a list
+
+
+class _Readers(dict[Node | tuple[Node, int], Node]):
+    """A value's readers, one entry per input slot, in the order they were added, as a dict: the
+    node is the key of its first entry, (node, k) of its k-th more (Mul(x, x)), so that removing
+    a node costs its own entries, not all readers' (a list's filter does). Only values with
+    many readers get one: it takes more memory than a list."""
+
+    def __init__(self, nodes: Iterable[Node]) -> None:
+        super().__init__()
+        for n in nodes:
+            self.add(n)
+
+    def add(self, node: Node) -> None:
+        if node not in self:
+            self[node] = node
+            return
+        k = 1
+        while (node, k) in self:  # the node reads the value more than once
+            k += 1
+        self[node, k] = node
+
+    def discard(self, node: Node) -> None:
+        """Remove all of ``node``'s entries."""
+        if self.pop(node, None) is not None:
+            k = 1
+            while self.pop((node, k), None) is not None:
+                k += 1
+
+
 class _NotConstant:
     def __repr__(self) -> str:
         return "<not constant>"
@@ -162,10 +193,10 @@ class Graph:
         # Insertion-ordered by id: removal is O(1) and iteration keeps the model's order.
         self._nodes: dict[int, Node] = {}
         self._producer: dict[str, Node] = {}
-        # value -> its readers, one entry per input slot, in the order they were added. Keyed
-        # (id(node), k) for the node's k-th entry there: removing a node is O(its entries), not
-        # O(the value's readers) (a constant CSE shares between all layers has thousands).
-        self._consumers: dict[str, dict[tuple[int, int], Node]] = {}
+        # value -> its readers, one entry per input slot, in the order they were added: a list,
+        # or past _INDEXED_AT readers a dict (see _Readers) so that removing one of them does not
+        # cost all of them (a constant CSE shares between all layers has thousands).
+        self._consumers: dict[str, list[Node] | _Readers] = {}
         self.inputs: tuple[str, ...] = tuple(i.name for i in g.input)
         self.outputs: tuple[str, ...] = tuple(o.name for o in g.output)
         self._input_set = set(self.inputs)
@@ -224,34 +255,36 @@ class Graph:
     def _add_user(self, value: str, node: Node) -> None:
         users = self._consumers.get(value)
         if users is None:
-            users = self._consumers[value] = {}
-        key, k = id(node), 0
-        while (key, k) in users:  # the node reads the value more than once
-            k += 1
-        users[key, k] = node
+            self._consumers[value] = [node]
+        elif isinstance(users, list):
+            users.append(node)
+            if len(users) > _INDEXED_AT:
+                self._consumers[value] = _Readers(users)
+        else:
+            users.add(node)
 
     def _remove(self, node: Node) -> None:
         self._nodes.pop(id(node), None)
         for o in node.outputs:
             if self._producer.get(o) is node:
                 del self._producer[o]
-        key = id(node)
         for i in node.inputs:
             users = self._consumers.get(i)
-            if users:
-                k = 0
-                while users.pop((key, k), None) is not None:  # all of the node's entries
-                    k += 1
+            if isinstance(users, list):
+                users[:] = [u for u in users if u is not node]
+            elif users:
+                users.discard(node)
         node.graph = None
 
     def users(self, value: str) -> list[Node]:
-        users = self._consumers.get(value)
-        return list(users.values()) if users else []
+        return list(self._readers(value))
 
     def _readers(self, value: str) -> Iterable[Node]:
         """:meth:`users` without the copy (not to be held across an edit)."""
         users = self._consumers.get(value)
-        return users.values() if users else ()
+        if not users:
+            return ()
+        return users if isinstance(users, list) else users.values()
 
     def is_output(self, value: str) -> bool:
         return value in self._output_set

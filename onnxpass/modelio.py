@@ -120,6 +120,27 @@ def _load_in_place(p: Path) -> onnx.ModelProto | None:
     return model
 
 
+def read_in_place(model: onnx.ModelProto, base_dir: str | os.PathLike[str]) -> int:
+    """Read the data ``load_model(in_place=True)`` left in the model file into the tensors
+    (raw_data, as ``onnx.load`` gives them): for tools that need every weight in memory (the
+    ``fold_graphsurgeon`` pass). Returns how many tensors were read."""
+    base = Path(base_dir).resolve()
+    done = 0
+    for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL and _is_in_place(t, base):
+            src, offset, length = _locate(t, base, str(base))
+            with open(src, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+            if len(data) != length:
+                raise ModelLoadError(f"{src}: changed while read (truncated)")
+            del t.external_data[:]
+            t.ClearField("data_location")
+            t.raw_data = data
+            done += 1
+    return done
+
+
 def _is_in_place(t: TensorProto, base: Path) -> bool:
     loc = _location(t)
     return bool(loc) and not os.path.isabs(loc) and (base / loc).resolve() in _IN_PLACE_SOURCES
@@ -305,8 +326,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], base_dir: s
         data = None
         if serialized is None and pieces is None:
             data, serialized = _write_data(model, out, base, sources)
+        body = pieces if pieces is not None else serialized
+        assert body is not None  # _write_data always serializes
         try:
-            _write_file(out, serialized if pieces is None else pieces)
+            _write_file(out, body)
         except BaseException:
             if data is not None:  # nothing points at it: the old pair is still in place
                 data.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -191,7 +192,8 @@ def halves(msg: Message, number: int, skip: frozenset[int] = frozenset()) -> tup
     """``msg`` serialized without field ``number`` (and ``skip``), cut where field ``number``
     goes: the bytes of the fields numbered below it and of those above it."""
     head, tail = type(msg)(), type(msg)()
-    for fd, value in msg.ListFields():  # type: ignore[attr-defined]
+    fields: Any = msg.ListFields()  # (FieldDescriptor, value) pairs; the stubs lack .label
+    for fd, value in fields:
         if fd.number == number or fd.number in skip:
             continue
         target = head if fd.number < number else tail

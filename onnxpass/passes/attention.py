@@ -105,6 +105,7 @@ from onnxpass.passes.attention_emit import (
     native_plugin_args,
 )
 from onnxpass.passes.base import PatternPass, native_pattern, native_plugin_rule, register
+from onnxpass.passes.dims import UnprovenDims, proving_dims
 from onnxpass.passes.normalize import FLOATS
 from onnxpass.patterns import Alt, Const, Match, MatchFailure, PatternOps, PValue, Rule, Var
 
@@ -167,6 +168,7 @@ def repeated(op: PatternOps, x: str) -> PValue:
     return op.Reshape(wide, Var(f"{x}_merged"), allowzero=Var(f"{x}_merge_allowzero"))
 
 
+@proving_dims
 def check_attention(m: Match[Core], form: str) -> Core | MatchFailure:
     kv = _kv_inputs(m)
     if isinstance(kv, MatchFailure):
@@ -286,7 +288,7 @@ def _kv_inputs(m: Match[Core]) -> tuple[str, str, int | None] | MatchFailure:
         return MatchFailure(f"K repeats {k[1]} heads {k[2]} times, V {v[1]} heads {v[2]} times")
     heads = (m.shape("q") or (None, None))[1]
     if heads != k[1] * k[2]:
-        return MatchFailure(f"Q has {heads} heads, K and V {k[1]} repeated {k[2]} times")
+        return UnprovenDims(f"Q has {heads} heads, K and V {k[1]} repeated {k[2]} times")
     return k[0], v[0], k[2]
 
 
@@ -304,16 +306,16 @@ def _repeat(m: Match[Core], x: str) -> tuple[str, int, int] | MatchFailure:
     merged = _fed(m, ("Reshape",), wide)
     s, e, r = m.shape(f"{x}_kv"), m.graph.shape(wide), m.graph.shape(merged)
     if s is None or e is None or r is None or (len(s), len(e), len(r)) != (4, 5, 4):
-        return MatchFailure(f"{name}'s repeat {s} -> {e} -> {r}: shapes unknown or not 4-D "
+        return UnprovenDims(f"{name}'s repeat {s} -> {e} -> {r}: shapes unknown or not 4-D "
                             f"-> 5-D -> 4-D")
     g, n = s[1], e[2]
     if not (isinstance(g, int) and isinstance(n, int) and e[1] == g
             and _same(s[0], e[0], batch=True) and _same(s[2], e[3]) and _same(s[3], e[4])):
-        return MatchFailure(f"{name}'s Expand/Tile {list(s[:2])} + [1] + {list(s[2:])} -> "
+        return UnprovenDims(f"{name}'s Expand/Tile {list(s[:2])} + [1] + {list(s[2:])} -> "
                             f"{list(e)} does not only repeat each head")
     if not (r[1] == g * n and _same(e[0], r[0], batch=True) and _same(e[3], r[2])
             and _same(e[4], r[3])):
-        return MatchFailure(f"{name}'s Reshape {list(e)} -> {list(r)} does not merge the head "
+        return UnprovenDims(f"{name}'s Reshape {list(e)} -> {list(r)} does not merge the head "
                             f"and repeat axes")
     return merged, g, n
 

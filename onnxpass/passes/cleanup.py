@@ -8,6 +8,7 @@ from typing import Any
 import onnx
 
 from onnxpass.graph import Graph, Node, node_metadata, restore_node_metadata
+from onnxpass.modelio import read_in_place
 from onnxpass.passes.base import Pass, PassContext, PatternPass, register
 from onnxpass.passes.fold_shapes import fold_with_graphsurgeon
 from onnxpass.patterns import IRRELEVANT, Attr, Const, Match, MatchFailure, Rule
@@ -148,6 +149,7 @@ class FoldWithGraphSurgeon(Pass):
         g = ctx.graph
         before = len(g.live_nodes())
         model = g.to_model()
+        read_in_place(model, g.base_dir)  # GraphSurgeon reads weights from memory, as before
         metadata = node_metadata(model)  # GraphSurgeon drops node metadata
         # Local functions (plugin reference bodies) do not survive GraphSurgeon's round trip:
         # fold without them and put them back. Plugin nodes are never constant-folded anyway.

@@ -29,19 +29,19 @@ class UnprovenDims(MatchFailure):
     __slots__ = ()
 
 
-def proving_dims(check: Callable[[Match[Any]], _R],
-                 doubt: Callable[[Match[Any]], bool] | None = None
-                 ) -> Callable[[Match[Any]], _R]:
-    """``check``, run again after :meth:`Graph.prove_dims` when it fails with
-    :class:`UnprovenDims` (or any failure where ``doubt(match)`` holds). The proof costs seconds
-    on a big model, once between two shape inferences: checks ask for it only when dims decide."""
+def proving_dims(check: Callable[..., _R],
+                 doubt: Callable[[Match[Any]], bool] | None = None) -> Callable[..., _R]:
+    """``check`` (called with the match first), run again after :meth:`Graph.prove_dims` when
+    it fails with :class:`UnprovenDims` (or any failure where ``doubt(match)`` holds). The proof
+    costs seconds on a big model, once between two shape inferences: checks ask for it only
+    where dims decide."""
     @functools.wraps(check)
-    def checked(m: Match[Any]) -> _R:
-        result = check(m)
+    def checked(m: Match[Any], *args: Any) -> _R:
+        result = check(m, *args)
         if isinstance(result, MatchFailure) and (
                 isinstance(result, UnprovenDims) or (doubt is not None and doubt(m))) \
                 and m.graph.prove_dims():
-            result = check(m)
+            result = check(m, *args)
         return result
     return checked
 

@@ -75,9 +75,10 @@ class FoldConstants(Pass):
         g = ctx.graph
         total = constant_nodes_to_initializers(g)
         for step in range(MAX_STEPS):
-            n = shape_values(g, self._failed) + constant_nodes(g, self.evaluator, self._failed)
+            removed, typed = shape_values(g, self._failed)
+            n = removed + constant_nodes(g, self.evaluator, self._failed)
             total += n
-            if not n:
+            if not n and not typed:
                 break
             if step + 1 < MAX_STEPS:
                 g.refresh_types()  # a folded Reshape shape makes the next Shape known
@@ -104,9 +105,12 @@ def constant_nodes_to_initializers(g: Graph) -> int:
 
 # ---- shape values -------------------------------------------------------------------------------
 
-def shape_values(g: Graph, failed: set[tuple[int, int]]) -> int:
-    """Fold every shape value that is fully known, and remove every Reshape of x to a shape
-    computed to be x's own (see the module docstring); returns how many nodes were removed.
+def shape_values(g: Graph, failed: set[tuple[int, int]]) -> tuple[int, int]:
+    """Fold every shape value that is fully known, remove every Reshape of x to a shape computed
+    to be x's own (see the module docstring), and give the other Reshapes whose target is known
+    the dims it proves (``Reshape(x, [batch, -1, 32])`` of x [batch, 6, 8, 32] is [batch, 48,
+    32], which ONNX's inference cannot tell). Returns how many nodes were removed and how many
+    values were typed better.
 
     An unknown dim is a sentinel named by its symbol (values that share a ``dim_param`` share
     it) or else by its value and position, so ``Reshape(x, Concat(Gather(Shape(x), 0), 12, 50,
@@ -148,9 +152,15 @@ def shape_values(g: Graph, failed: set[tuple[int, int]]) -> int:
                 failed.add((id(g), id(node)))
                 continue
             producers[out] = node
-    removed = 0
-    for node in reshapes:  # Reshape(x, shape of x): x
+    removed = typed = 0
+    names = {v: k for k, v in sentinels.items()}
+    for node in reshapes:  # Reshape(x, shape of x): x; else the dims of its result
         x, out = node.inputs[0], node.outputs[0]
+        dims = _reshaped(known[node.inputs[1]].tolist(), symbolic(x),
+                         bool(node.attr("allowzero", 0)))
+        if dims is not None:
+            typed += _refine(g, out, [d if d >= 0 else names[d][1] if names[d][0] == "p"
+                                      else None for d in dims])
         if g.is_output(out) or not _same_shape(known[node.inputs[1]].tolist(), symbolic(x),
                                                bool(node.attr("allowzero", 0))):
             continue
@@ -158,7 +168,48 @@ def shape_values(g: Graph, failed: set[tuple[int, int]]) -> int:
         removed += 1
     done = {v for v, a in known.items()
             if not g.is_output(v) and not np.any(a <= _SENTINEL // 2)}
-    return removed + _fold_results(g, producers, done, known)
+    return removed + _fold_results(g, producers, done, known), typed
+
+
+def _reshaped(target: list[int], dims: list[int] | None, allowzero: bool) -> list[int] | None:
+    """The dims of Reshape(x, ``target``) for x of ``dims`` (ints and sentinels): 0 copies x's
+    dim (without allowzero), a -1 is x's size over the others' where the unknown dims cancel,
+    else a sentinel. None when x's rank is unknown or the target is not a valid one."""
+    if dims is None or target.count(-1) > 1:
+        return None
+    out = [dims[k] if t == 0 and not allowzero and k < len(dims) else t
+           for k, t in enumerate(target)]
+    if -1 not in out:
+        return out
+    unknown = [d for d in out if d < -1]  # sentinels among the other entries
+    have = [d for d in dims if d < 0]
+    rest = list(have)
+    for d in unknown:
+        if d not in rest:
+            return [_SENTINEL + 1 if d == -1 else d for d in out]  # -1 stays unknown
+        rest.remove(d)
+    known_out = int(np.prod([d for d in out if d >= 0], dtype=np.int64))
+    known_in = int(np.prod([d for d in dims if d >= 0], dtype=np.int64))
+    if rest or known_out == 0 or known_in % known_out:
+        return [_SENTINEL + 1 if d == -1 else d for d in out]
+    return [known_in // known_out if d == -1 else d for d in out]
+
+
+def _refine(g: Graph, value: str, dims: list[int | str | None]) -> int:
+    """Give ``value`` ``dims`` where its inferred shape has none (unknown, or a symbol ONNX
+    made up); 1 when that told something new."""
+    dtype, have = g.dtype(value), g.shape(value)
+    if dtype is None or (have is not None and len(have) != len(dims)):
+        return 0
+    have = have or (None,) * len(dims)
+    merged = []
+    for h, d in zip(have, dims):
+        vague = h is None or (isinstance(h, str) and h.startswith("unk__"))
+        merged.append(d if vague and d is not None else h)
+    if merged == list(have):
+        return 0
+    g.set_type(value, dtype, merged)
+    return 1
 
 
 def _same_shape(target: list[int], dims: list[int] | None, allowzero: bool) -> bool:
@@ -229,7 +280,7 @@ def _bytes(g: Graph, value: str) -> int:
         size = helper.tensor_dtype_to_np_dtype(dtype).itemsize
     except Exception:
         return 0
-    return int(np.prod(shape, dtype=np.int64)) * size
+    return int(np.prod([int(d) for d in shape if isinstance(d, int)], dtype=np.int64)) * size
 
 
 def _evaluate(g: Graph, plan: list[Node], results: list[str], evaluator: str,

@@ -65,6 +65,7 @@ from onnx import TensorProto
 
 from onnxpass.graph import NOT_CONSTANT, Graph, Node
 from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.dims import UnprovenDims, proving_dims
 from onnxpass.patterns import (
     Alt,
     Const,
@@ -135,6 +136,7 @@ class Rotation:
     sin: str
 
 
+@proving_dims
 def check_rotary(m: Match[Rotation]) -> Rotation | MatchFailure:
     g = m.graph
     if m.dtype("x") not in _TYPES:
@@ -142,7 +144,7 @@ def check_rotary(m: Match[Rotation]) -> Rotation | MatchFailure:
                             f"and bfloat16")
     shape = m.shape("x")
     if shape is None or len(shape) != 4 or not isinstance(shape[3], int):
-        return MatchFailure(f"x has shape {shape}: RotaryEmbedding takes 4-D x of known head "
+        return UnprovenDims(f"x has shape {shape}: RotaryEmbedding takes 4-D x of known head "
                             f"size")
     d = shape[3]
     width = d
@@ -224,7 +226,7 @@ def _check_rotate(m: Match[Rotation], shape: tuple[Any, ...]) -> str | MatchFail
         else:
             why = _flattens_pairs(m.graph, m.node("Reshape"), shape)
             if why is not None:
-                return MatchFailure(why)
+                return UnprovenDims(why)
         return "pairs"
     if not _last_axis(axis, 4):
         return MatchFailure(f"the rotated halves are concatenated on axis {axis}")
@@ -244,7 +246,7 @@ def _head_axis(m: Match[Rotation], shape: tuple[Any, ...], width: int) -> int | 
             return MatchFailure(f"{name} has shape {s}, {width} rotated dims")
         for k in range(3):
             if aligned[k] != 1 and (aligned[k] is None or aligned[k] != shape[k]):
-                return MatchFailure(f"{name} of shape {s} may broadcast x of shape {shape} to a "
+                return UnprovenDims(f"{name} of shape {s} may broadcast x of shape {shape} to a "
                                     f"bigger shape")
         axes &= {k for k in (1, 2) if aligned[k] == 1}
     if not axes:

@@ -14,16 +14,18 @@ from __future__ import annotations
 import numpy as np
 
 from onnxpass.passes.base import PatternPass, register
+from onnxpass.passes.dims import UnprovenDims, proving_dims
 from onnxpass.patterns import Match, MatchFailure, RewriteOps, Rule
 
 
+@proving_dims
 def _check(m: Match) -> MatchFailure | None:
     sa, sb = m.shape("a"), m.shape("b")
     if sa is None or sb is None or len(sa) != len(sb) or len(sa) < 2:
         return MatchFailure(f"operand shapes {sa} and {sb}: need equal ranks >= 2")
     for da, db in zip(sa[:-2], sb[:-2]):
         if da is None or da != db:
-            return MatchFailure(f"batch dims {sa[:-2]} and {sb[:-2]} are not known equal")
+            return UnprovenDims(f"batch dims {sa[:-2]} and {sb[:-2]} are not known equal")
     return None
 
 
