@@ -88,3 +88,73 @@ def test_fp16_and_bf16_are_one_class() -> None:
         assert set(vars(cls)) - {"__module__", "__doc__", "__qualname__"} <= {
             "name", "summary", "target", "__firstlineno__", "__static_attributes__"}
     assert (Float16().target, BFloat16().target) == (H, onnx.TensorProto.BFLOAT16)
+
+
+class _Counting(Pass):
+    """Changes nothing; counts its runs."""
+
+    name = "counting"
+    summary = "idle"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    def run(self, ctx: PassContext) -> int:
+        self.runs += 1
+        return 0
+
+
+class _Twice(Pass):
+    """Changes the graph in its first two runs (a fresh Relu), then nothing."""
+
+    name = "twice"
+    summary = "two changes"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = 2
+
+    def run(self, ctx: PassContext) -> int:
+        if not self.left:
+            return 0
+        self.left -= 1
+        return _Restless().run(ctx)
+
+
+def test_an_idle_pass_is_not_run_again_until_the_graph_changed() -> None:
+    """A pass that found nothing runs again only after another pass changed the graph; its
+    skipped rounds show in its stats, and the table's nodes before/after are its first run's."""
+    before, after = _Counting(), _Counting()
+    _, result = Pipeline([before, _Twice(), after]).rewrite(toy_model())
+    # round 1: before, twice (change), after; round 2: before (changed since), twice (change),
+    # after; round 3: before (changed since), twice (nothing), after (idle since) -> converged
+    assert result.converged and result.rounds == 3
+    assert (before.runs, after.runs) == (3, 2)
+    stat = result.stats[2]
+    assert [r.skipped for r in stat.rounds] == [False, False, True] and stat.runs == 2
+    assert [r.matches for r in result.stats[1].rounds] == [1, 1, 0]
+    first = result.stats[1].rounds[0]
+    assert (result.stats[1].nodes_before, result.stats[1].nodes_after) == \
+        (first.nodes_before, first.nodes_after)
+
+
+def test_run_json_times_every_stage(tmp_path: Path) -> None:
+    from onnxpass.cli import main
+
+    src = tmp_path / "m.onnx"
+    onnx.save(toy_model(), str(src))
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["run", "--passes", "noop,cse", str(src), "-o", str(tmp_path / "o.onnx"),
+                     "--json"]) == 0
+    summary = json.loads(buf.getvalue())
+    for key in ("load_seconds", "passes_seconds", "save_seconds", "total_seconds"):
+        assert summary[key] >= 0
+    assert summary["total_seconds"] >= summary["passes_seconds"]
+    for p in summary["passes"]:
+        assert {"seconds", "check_seconds", "rounds", "nodes_before", "nodes_after"} <= set(p)
+        assert all({"round", "matches", "skipped"} <= set(r) for r in p["rounds"])

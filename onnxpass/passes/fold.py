@@ -140,35 +140,73 @@ def shape_values(g: Graph, failed: set[tuple[int, int]]) -> tuple[int, int]:
             known[out] = _shape_slice(node, shape)
             producers[out] = node
             continue
-        if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] in known:
+        if node.op_type in ("Reshape", "Expand") and len(node.inputs) > 1 \
+                and node.inputs[1] in known:
             reshapes.append(node)
-        if node.op_type in MOVES and _moves_shape(g, node, known) \
-                and (id(g), id(node)) not in failed:
+        if _moves_shape(g, node, known) and (id(g), id(node)) not in failed:
             feeds = {i: known[i] if i in known else g.const_value(i) for i in node.inputs if i}
             try:
-                known[out] = _reference([node], cast(dict[str, np.ndarray], feeds), [out],
-                                        opset)[out]
+                value = _reference([node], cast(dict[str, np.ndarray], feeds), [out],
+                                   opset)[out]
             except Exception:  # an invalid index or shape: the runtime will say so
                 failed.add((id(g), id(node)))
                 continue
+            if node.op_type == "Equal" and not _decided(*(feeds[i] for i in node.inputs)):
+                continue  # an unknown dim compared with a dim it may be
+            known[out] = value
             producers[out] = node
     removed = typed = 0
     names = {v: k for k, v in sentinels.items()}
     for node in reshapes:  # Reshape(x, shape of x): x; else the dims of its result
         x, out = node.inputs[0], node.outputs[0]
-        dims = _reshaped(known[node.inputs[1]].tolist(), symbolic(x),
-                         bool(node.attr("allowzero", 0)))
+        if node.op_type == "Expand":
+            dims = _broadcast(symbolic(x), known[node.inputs[1]].tolist())
+        else:
+            dims = _reshaped(known[node.inputs[1]].tolist(), symbolic(x),
+                             bool(node.attr("allowzero", 0)))
         if dims is not None:
-            typed += _refine(g, out, [d if d >= 0 else names[d][1] if names[d][0] == "p"
-                                      else None for d in dims])
-        if g.is_output(out) or not _same_shape(known[node.inputs[1]].tolist(), symbolic(x),
-                                               bool(node.attr("allowzero", 0))):
+            typed += _refine(g, out, [d if d >= 0 else _symbol(names.get(d)) for d in dims])
+        if node.op_type != "Reshape" or g.is_output(out) or not _same_shape(
+                known[node.inputs[1]].tolist(), symbolic(x), bool(node.attr("allowzero", 0))):
             continue
         g.replace([node], [out], [], [x])
         removed += 1
     done = {v for v, a in known.items()
             if not g.is_output(v) and not np.any(a <= _SENTINEL // 2)}
     return removed + _fold_results(g, producers, done, known), typed
+
+
+def _decided(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal(a, b) of shape values is known: no unknown dim (sentinel) is compared with a dim
+    it may be (a dim >= 0, or another unknown dim). Against a negative entry (-1) it is False."""
+    try:
+        x, y = np.broadcast_arrays(np.asarray(a), np.asarray(b))
+    except ValueError:
+        return False
+    sx, sy = x <= _SENTINEL // 2, y <= _SENTINEL // 2
+    doubt = (sx & ~sy & (y >= 0)) | (sy & ~sx & (x >= 0)) | (sx & sy & (x != y))
+    return not bool(doubt.any())
+
+
+def _broadcast(dims: list[int] | None, target: list[int]) -> list[int] | None:
+    """The dims of Expand(x, ``target``) for x of ``dims`` (ints and sentinels): numpy's
+    broadcast, a pair of different unknown dims (or an unknown dim and one it may be) unknown."""
+    if dims is None:
+        return None
+    n = max(len(dims), len(target))
+    a = [1] * (n - len(dims)) + list(dims)
+    b = [1] * (n - len(target)) + list(target)
+    out = []
+    for x, y in zip(a, b):
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        elif x >= 0 and y >= 0:
+            return None  # not broadcastable: the runtime will say so
+        else:
+            out.append(_SENTINEL + 1)  # unknown
+    return out
 
 
 def _reshaped(target: list[int], dims: list[int] | None, allowzero: bool) -> list[int] | None:
@@ -193,6 +231,11 @@ def _reshaped(target: list[int], dims: list[int] | None, allowzero: bool) -> lis
     if rest or known_out == 0 or known_in % known_out:
         return [_SENTINEL + 1 if d == -1 else d for d in out]
     return [known_in // known_out if d == -1 else d for d in out]
+
+
+def _symbol(key: tuple[str, ...] | None) -> str | None:
+    """The dim_param a sentinel stands for; None for a dim known by no name (or none at all)."""
+    return key[1] if key is not None and key[0] == "p" else None
 
 
 def _refine(g: Graph, value: str, dims: list[int | str | None]) -> int:
@@ -230,7 +273,17 @@ def _shape_slice(node: Node, shape: list[int]) -> np.ndarray:
 
 def _moves_shape(g: Graph, node: Node, known: dict[str, np.ndarray]) -> bool:
     """The node moves shape values: its data is a shape value (every input of a Concat an int64
-    shape value or constant), its other inputs constant."""
+    shape value or constant), its other inputs constant. Where selects between shape values by
+    a known condition; Equal compares a shape value (decided or not: :func:`_decided`)."""
+    if node.op_type == "Where":
+        cond = node.inputs[0]
+        return (cond in known or g.is_const(cond)) and any(i in known for i in node.inputs[1:]) \
+            and all(i in known or g.is_const(i) for i in node.inputs[1:])
+    if node.op_type == "Equal":
+        return any(i in known for i in node.inputs) and all(
+            i in known or g.is_const(i) for i in node.inputs)
+    if node.op_type not in MOVES:
+        return False
     if node.op_type == "Concat":
         return any(i in known for i in node.inputs) and all(
             i in known or (g.is_const(i) and g.dtype(i) == onnx.TensorProto.INT64)
