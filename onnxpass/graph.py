@@ -622,6 +622,10 @@ class Graph:
         skeleton too, and fills in only what ONNX left unknown (:func:`symbolic_types`)."""
         if skel is None:
             skel, _ = skeleton(self.to_model())
+        for vi in skel.graph.value_info:  # ONNX's made-up symbols from the last run: inferred
+            for d in vi.type.tensor_type.shape.dim:  # anew, or they would stay (merge keeps them)
+                if d.dim_param.startswith("unk__"):
+                    d.ClearField("dim_param")
         try:
             inferred = onnx.shape_inference.infer_shapes(skel, data_prop=True)
         except Exception:  # inference is best effort: a custom op without schema stops nothing
@@ -758,8 +762,7 @@ def symbolic_types(skel: onnx.ModelProto, types: Mapping[str, onnx.TypeProto]
     It writes no file: its public ``infer_shapes`` saves the model into the cwd when it stops
     early, so the steps are called here instead."""
     try:
-        import sympy  # noqa: F401  # the tool's algebra; a declared dependency for it
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        SymbolicShapeInference = _symbolic_shape_inference()
     except Exception:  # not installed, or without sympy
         return {}
     model, names = _symbolic_input(skel, types)
@@ -788,6 +791,34 @@ def symbolic_types(skel: onnx.ModelProto, types: Mapping[str, onnx.TypeProto]
         if vi.type.HasField("tensor_type") and tt.HasField("shape"):
             found[vi.name] = (tt.elem_type, [_proven(d, names, tainted) for d in tt.shape.dim])
     return found
+
+
+@functools.cache
+def _symbolic_shape_inference() -> Any:
+    """ONNX Runtime's SymbolicShapeInference class, its module loaded by path: importing
+    ``onnxruntime.tools`` runs that package's __init__, which imports torch where it is installed
+    (seconds); the module itself needs only onnx, numpy and sympy."""
+    import importlib.util
+    import sys
+
+    import onnxruntime
+    import sympy  # noqa: F401  # the tool's algebra; a declared dependency for it
+
+    name = "onnxpass._ort_symbolic_shape_infer"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(onnxruntime.__file__), "tools",
+                            "symbolic_shape_infer.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name].SymbolicShapeInference
 
 
 def _proven(d: onnx.TensorShapeProto.Dimension, names: list[str], tainted: set[str]) -> Dim:

@@ -39,7 +39,7 @@ import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
 from onnxpass.errors import OnnxpassError
-from onnxpass.graph import Graph, Node
+from onnxpass.graph import Graph, Node, subgraph_captures
 from onnxpass.passes.base import Pass, PassContext, register
 
 MAX_BYTES = 16 << 20
@@ -61,7 +61,7 @@ class FoldConstants(Pass):
     def __init__(self, form: str | None = None) -> None:
         super().__init__(form)
         self.evaluator = "onnxruntime"
-        self._failed: set[tuple[int, int]] = set()  # (graph, node) ids evaluation refused
+        self._failed: set[Node] = set()  # nodes whose evaluation failed (held: ids get reused)
 
     def set_option(self, name: str, value: str) -> None:
         if name != "evaluator":
@@ -75,10 +75,14 @@ class FoldConstants(Pass):
         g = ctx.graph
         total = constant_nodes_to_initializers(g)
         for step in range(MAX_STEPS):
-            removed, typed = shape_values(g, self._failed)
+            removed, typed, doubt = shape_values(g, self._failed)
             n = removed + constant_nodes(g, self.evaluator, self._failed)
             total += n
             if not n and not typed:
+                # Stuck on a dim read from a shape that no symbol names: ONNX Runtime's symbolic
+                # inference may prove it (once; seconds on a big model, so only now).
+                if doubt and g.prove_dims():
+                    continue
                 break
             if step + 1 < MAX_STEPS:
                 g.refresh_types()  # a folded Reshape shape makes the next Shape known
@@ -105,12 +109,14 @@ def constant_nodes_to_initializers(g: Graph) -> int:
 
 # ---- shape values -------------------------------------------------------------------------------
 
-def shape_values(g: Graph, failed: set[tuple[int, int]]) -> tuple[int, int]:
+def shape_values(g: Graph, failed: set[Node]) -> tuple[int, int, bool]:
     """Fold every shape value that is fully known, remove every Reshape of x to a shape computed
     to be x's own (see the module docstring), and give the other Reshapes whose target is known
     the dims it proves (``Reshape(x, [batch, -1, 32])`` of x [batch, 6, 8, 32] is [batch, 48,
-    32], which ONNX's inference cannot tell). Returns how many nodes were removed and how many
-    values were typed better.
+    32], which ONNX's inference cannot tell). Returns how many nodes were removed, how many
+    values were typed better, and whether a Gather or Slice of a Shape picked a dim no symbol
+    names (then the fold asks ONNX Runtime's symbolic inference, Graph.prove_dims, and looks
+    again: the old whole-model folding always ran it, at seconds per round).
 
     An unknown dim is a sentinel named by its symbol (values that share a ``dim_param`` share
     it) or else by its value and position, so ``Reshape(x, Concat(Gather(Shape(x), 0), 12, 50,
@@ -120,6 +126,9 @@ def shape_values(g: Graph, failed: set[tuple[int, int]]) -> tuple[int, int]:
     sentinels: dict[tuple[str, ...], int] = {}
     reshapes: list[Node] = []
     opset = g.opset()
+    from_shape: set[str] = set()  # Shape outputs
+    vague: set[int] = set()  # sentinels of dims no symbol names (or only ONNX's unk__<n>)
+    doubt = False  # a Gather/Slice of a Shape picked such a dim
 
     def symbolic(value: str) -> list[int] | None:
         dims = g.shape(value)
@@ -139,23 +148,31 @@ def shape_values(g: Graph, failed: set[tuple[int, int]]) -> tuple[int, int]:
                 continue  # a constant's Shape is folded with the constants
             known[out] = _shape_slice(node, shape)
             producers[out] = node
+            from_shape.add(out)
+            vague.update(v for k, v in sentinels.items()
+                         if k[0] == "v" or k[1].startswith("unk__"))
             continue
         if node.op_type in ("Reshape", "Expand") and len(node.inputs) > 1 \
                 and node.inputs[1] in known:
             reshapes.append(node)
-        if _moves_shape(g, node, known) and (id(g), id(node)) not in failed:
+        if _moves_shape(g, node, known) and node not in failed:
             feeds = {i: known[i] if i in known else g.const_value(i) for i in node.inputs if i}
             try:
                 value = _reference([node], cast(dict[str, np.ndarray], feeds), [out],
                                    opset)[out]
             except Exception:  # an invalid index or shape: the runtime will say so
-                failed.add((id(g), id(node)))
+                failed.add(node)
                 continue
-            if node.op_type == "Equal" and not _decided(*(feeds[i] for i in node.inputs)):
+            if node.op_type == "Equal" and not _decided(
+                    *(np.asarray(feeds[i]) for i in node.inputs)):
                 continue  # an unknown dim compared with a dim it may be
+            if node.op_type in ("Gather", "Slice") and node.inputs[0] in from_shape:
+                picked = {int(v) for v in np.asarray(value).reshape(-1)}
+                doubt |= any(v in vague for v in picked)
             known[out] = value
             producers[out] = node
     removed = typed = 0
+    captured = _captured(g)
     names = {v: k for k, v in sentinels.items()}
     for node in reshapes:  # Reshape(x, shape of x): x; else the dims of its result
         x, out = node.inputs[0], node.outputs[0]
@@ -166,14 +183,17 @@ def shape_values(g: Graph, failed: set[tuple[int, int]]) -> tuple[int, int]:
                              bool(node.attr("allowzero", 0)))
         if dims is not None:
             typed += _refine(g, out, [d if d >= 0 else _symbol(names.get(d)) for d in dims])
-        if node.op_type != "Reshape" or g.is_output(out) or not _same_shape(
+        # D: a constant's Reshape folds with the constants, named after its output as
+        # GraphSurgeon named it; E: one that is a graph output becomes Identity (replace inserts
+        # it), as the old pipeline ended; B: never one whose output a subgraph reads
+        if node.op_type != "Reshape" or g.is_const(x) or out in captured or not _same_shape(
                 known[node.inputs[1]].tolist(), symbolic(x), bool(node.attr("allowzero", 0))):
             continue
         g.replace([node], [out], [], [x])
         removed += 1
     done = {v for v, a in known.items()
             if not g.is_output(v) and not np.any(a <= _SENTINEL // 2)}
-    return removed + _fold_results(g, producers, done, known), typed
+    return removed + _fold_results(g, producers, done, known), typed, doubt
 
 
 def _decided(a: np.ndarray, b: np.ndarray) -> bool:
@@ -235,7 +255,8 @@ def _reshaped(target: list[int], dims: list[int] | None, allowzero: bool) -> lis
 
 def _symbol(key: tuple[str, ...] | None) -> str | None:
     """The dim_param a sentinel stands for; None for a dim known by no name (or none at all)."""
-    return key[1] if key is not None and key[0] == "p" else None
+    return key[1] if key is not None and key[0] == "p" and not key[1].startswith("unk__") \
+        else None
 
 
 def _refine(g: Graph, value: str, dims: list[int | str | None]) -> int:
@@ -294,13 +315,13 @@ def _moves_shape(g: Graph, node: Node, known: dict[str, np.ndarray]) -> bool:
 
 # ---- computations on constants ------------------------------------------------------------------
 
-def constant_nodes(g: Graph, evaluator: str, failed: set[tuple[int, int]]) -> int:
+def constant_nodes(g: Graph, evaluator: str, failed: set[Node]) -> int:
     """Fold the deterministic standard nodes whose inputs are all constant (see the module
     docstring); returns how many nodes were removed."""
     plan: list[Node] = []
     computed: set[str] = set()
     for node in g.toposort():
-        if not _standard(node) or node.op_type == "Constant" or (id(g), id(node)) in failed:
+        if not _standard(node) or node.op_type == "Constant" or node in failed:
             continue
         if any(o and g.is_output(o) for o in node.outputs):
             continue
@@ -314,8 +335,9 @@ def constant_nodes(g: Graph, evaluator: str, failed: set[tuple[int, int]]) -> in
         return 0
     # The values read outside the plan are its results; the others are intermediate.
     inside = {id(n) for n in plan}
+    captured = _captured(g)  # B: a value a subgraph reads is read outside the plan
     results = [o for n in plan for o in n.outputs
-               if o and any(id(u) not in inside for u in g.users(o))]
+               if o and (o in captured or any(id(u) not in inside for u in g.users(o)))]
     values = _evaluate(g, plan, results, evaluator, failed)
     if values is None:
         return 0
@@ -337,7 +359,7 @@ def _bytes(g: Graph, value: str) -> int:
 
 
 def _evaluate(g: Graph, plan: list[Node], results: list[str], evaluator: str,
-              failed: set[tuple[int, int]]) -> dict[str, np.ndarray] | None:
+              failed: set[Node]) -> dict[str, np.ndarray] | None:
     """The values of ``results``: the plan run as one subgraph, or, when that fails, node by
     node (a node that fails is recorded in ``failed``, and what reads it is not run)."""
     computed = {o for n in plan for o in n.outputs if o}
@@ -363,7 +385,7 @@ def _evaluate(g: Graph, plan: list[Node], results: list[str], evaluator: str,
         try:
             values.update(run([n], {i: values[i] for i in ins}, outs, g.opset(), g.model))
         except Exception:
-            failed.add((id(g), id(n)))
+            failed.add(n)
     return {v: values[v] for v in results if v in values}
 
 
@@ -413,6 +435,7 @@ def _closed(g: Graph, nodes: list[Node], done: set[str]) -> list[Node]:
     """The nodes of ``nodes`` to remove: those whose outputs are folded or read only inside the
     removed set; iterated until stable."""
     chosen = {id(n): n for n in nodes}
+    captured = _captured(g)
     changed = True
     while changed:
         changed = False
@@ -420,7 +443,8 @@ def _closed(g: Graph, nodes: list[Node], done: set[str]) -> list[Node]:
             for o in n.outputs:
                 if not o or o in done:
                     continue
-                if g.is_output(o) or any(id(u) not in chosen for u in g.users(o)):
+                if g.is_output(o) or o in captured or any(id(u) not in chosen
+                                                          for u in g.users(o)):
                     del chosen[key]
                     changed = True
                     break
@@ -456,7 +480,8 @@ def _ort(plan: Sequence[Node], feeds: dict[str, np.ndarray], results: Sequence[s
     m = _subgraph(plan, feeds, results, opset, model)
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     outs = sess.run(list(results), feeds)
-    return {r: np.asarray(v) for r, v in zip(results, outs)}
+    return {r: np.asarray(v) for r, v in zip(results, outs)  # C: a sequence is no tensor
+            if isinstance(v, (np.ndarray, np.generic))}
 
 
 def _reference(plan: Sequence[Node], feeds: dict[str, np.ndarray], results: Sequence[str],
@@ -467,4 +492,12 @@ def _reference(plan: Sequence[Node], feeds: dict[str, np.ndarray], results: Sequ
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         outs = cast(list[Any], ReferenceEvaluator(m).run(list(results), feeds))
-    return {r: np.asarray(v) for r, v in zip(results, outs)}
+    return {r: np.asarray(v) for r, v in zip(results, outs)  # C: a sequence is no tensor
+            if isinstance(v, (np.ndarray, np.generic))}
+
+
+def _captured(g: Graph) -> set[str]:
+    """Outer values read inside the subgraphs of ``g``'s nodes (Graph.users does not list the
+    node that holds the subgraph)."""
+    return {v for n in g.nodes if any(a.type in _SUBGRAPH for a in n.attrs.values())
+            for v in subgraph_captures(n)}

@@ -17,9 +17,26 @@ from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.dims import UnprovenDims, proving_dims
 from onnxpass.patterns import Match, MatchFailure, RewriteOps, Rule
 
+# Between a Softmax and the product it feeds (attention probabilities @ V), exporters put these.
+_PROBABILITY_PATH = frozenset({"Where", "Cast", "Dropout", "Identity", "Mul"})
+
+
+def _from_softmax(m: Match, value: str, hops: int = 3) -> bool:
+    """``value`` is a Softmax's output, or reached from one through ``_PROBABILITY_PATH`` ops."""
+    node = m.graph.producer.get(value)
+    if node is None or node.domain:
+        return False
+    if node.op_type == "Softmax":
+        return True
+    return hops > 0 and node.op_type in _PROBABILITY_PATH and any(
+        _from_softmax(m, i, hops - 1) for i in node.inputs if i)
+
 
 @proving_dims
 def _check(m: Match) -> MatchFailure | None:
+    if _from_softmax(m, m["a"]):  # Shape(P @ V): attention's output, not its scores
+        return MatchFailure("a is attention probabilities: a Shape of them would keep the "
+                            "attention from fusing (its output's Shape does not)")
     sa, sb = m.shape("a"), m.shape("b")
     if sa is None or sb is None or len(sa) != len(sb) or len(sa) < 2:
         return MatchFailure(f"operand shapes {sa} and {sb}: need equal ranks >= 2")
