@@ -80,7 +80,8 @@ def _graph_problems(g: onnx.GraphProto, opsets: dict[str, int],
     inits = [t.name for t in g.initializer]
     inputs = [i.name for i in g.input]
     seen: set[str] = set()
-    for name in inputs + [n for n in inits if n not in set(inputs)]:
+    input_set = set(inputs)
+    for name in inputs + [n for n in inits if n not in input_set]:
         if name in seen or name in enclosing:
             problems.append(f"{where}: value {name!r} is defined twice")
         seen.add(name)

@@ -417,10 +417,10 @@ def _fold_results(g: Graph, producers: dict[str, Node], done: set[str],
     removable = _closed(g, list(needed.values()), done)
     if not removable:
         return 0
-    folded = {v: values[v] for v in done
-              if v in producers and id(producers[v]) in {id(n) for n in removable}}
-    # Values of removed nodes still read by a kept node must be folded too.
     keep_ids = {id(n) for n in removable}
+    # In the order the nodes compute them (a set's order would follow PYTHONHASHSEED).
+    folded = {o: values[o] for n in removable for o in n.outputs if o in done}
+    # Values of removed nodes still read by a kept node must be folded too.
     for n in removable:
         for o in n.outputs:
             if o and o not in folded and any(id(u) not in keep_ids for u in g.users(o)):
