@@ -416,17 +416,7 @@ class Graph:
         """Replace the constant computation ``nodes`` by its results: each of ``values`` (an
         output of ``nodes``) becomes an initializer of the same name, so its readers stay as they
         are. No other output of ``nodes`` may be read outside them or be a graph output."""
-        nodes = list({id(n): n for n in nodes}.values())
-        inside = {id(n) for n in nodes}
-        for n in nodes:
-            if n.graph is not self:
-                raise PassError(f"fold {n!r}: not a node of this graph")
-            for o in n.outputs:
-                if o and self.is_output(o):
-                    raise PassError(f"fold {n!r}: {o!r} is a graph output")
-                if o and o not in values and any(id(u) not in inside for u in self.users(o)):
-                    raise PassError(f"fold {n!r}: {o!r} is read outside the folded nodes")
-        for n in nodes:
+        for n in self._removable(nodes, "fold", set(values)):
             self._remove(n)
         for name, array in values.items():
             t = numpy_helper.from_array(np.asarray(array), name)
@@ -463,19 +453,27 @@ class Graph:
     def remove(self, nodes: Iterable[Node]) -> None:
         """Remove ``nodes``; none of their outputs may be a graph output or read by a node that
         stays (remove or rewire its users first)."""
+        for n in self._removable(nodes, "remove"):
+            self._remove(n)
+
+    def _removable(self, nodes: Iterable[Node], verb: str, kept: set[str] | None = None
+                   ) -> list[Node]:
+        """``nodes`` (each once), checked for :meth:`remove` and :meth:`fold`: nodes of this
+        graph, no output a graph output, and none read by a node that stays unless it is in
+        ``kept`` (values that outlive the nodes). Raises PassError naming ``verb``."""
         nodes = list({id(n): n for n in nodes}.values())
         inside = {id(n) for n in nodes}
         for n in nodes:
             if n.graph is not self:
-                raise PassError(f"remove {n!r}: not a node of this graph")
+                raise PassError(f"{verb} {n!r}: not a node of this graph")
             for o in n.outputs:
                 if o and self.is_output(o):
-                    raise PassError(f"remove {n!r}: {o!r} is a graph output")
-                used = [u for u in self.users(o) if id(u) not in inside] if o else []
+                    raise PassError(f"{verb} {n!r}: {o!r} is a graph output")
+                used = [u for u in self.users(o) if id(u) not in inside] \
+                    if o and o not in (kept or ()) else []
                 if used:
-                    raise PassError(f"remove {n!r}: {o!r} is still read by {used[0]!r}")
-        for n in nodes:
-            self._remove(n)
+                    raise PassError(f"{verb} {n!r}: {o!r} is still read by {used[0]!r}")
+        return nodes
 
     def replace(self, matched: Iterable[Node], old_outputs: Sequence[str],
                 new_nodes: Sequence[Node], new_outputs: Sequence[str]) -> None:
@@ -956,6 +954,20 @@ def _all_names(g: onnx.GraphProto) -> set[str]:
 
 def _produced_by(value: str, nodes: Sequence[Node]) -> bool:
     return any(value in n.outputs for n in nodes)
+
+
+# Ops whose outputs are a random sample: never folded, merged or proven equal to a constant.
+RANDOM_OPS = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform",
+                        "RandomUniformLike", "Multinomial", "Bernoulli"})
+
+
+def shape_range(node: Node, rank: int) -> range:
+    """The dims ``Shape(x, start, end)`` returns of a rank-``rank`` x, its ``start`` and ``end``
+    clamped as ONNX clamps them (opset 15)."""
+    start, end = node.attr("start") or 0, node.attr("end")
+    start, end = (min(max(v + rank if v < 0 else v, 0), rank)
+                  for v in (start, rank if end is None else end))
+    return range(start, end)
 
 
 def _has_side_effects(node: Node) -> bool:

@@ -81,7 +81,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
-from onnxpass.graph import NOT_CONSTANT, Dim, Graph
+from onnxpass.graph import NOT_CONSTANT, Dim, Graph, shape_range
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.cleanup import cast_noop_rules
 from onnxpass.passes.const_slice import check_transpose_pair
@@ -296,10 +296,7 @@ def shape_value(graph: Graph, value: str, depth: int = 0) -> list[Entry] | None:
         rank = graph.rank(ins[0])
         if rank is None:
             return None
-        start, end = node.attr("start") or 0, node.attr("end")
-        start, end = (min(max(v + rank if v < 0 else v, 0), rank)
-                      for v in (start, rank if end is None else end))
-        return [dim_of(graph, ins[0], i) for i in range(start, end)]
+        return [dim_of(graph, ins[0], i) for i in shape_range(node, rank)]
     if op in ("Identity", "Cast", "Squeeze", "Unsqueeze"):
         data = shape_value(graph, ins[0], depth + 1)
         axes = node.attr("axes") if op != "Cast" and op != "Identity" else None

@@ -7,7 +7,7 @@ from typing import Any
 
 import onnx
 
-from onnxpass.graph import Graph, Node, node_metadata, restore_node_metadata
+from onnxpass.graph import RANDOM_OPS, Graph, Node, node_metadata, restore_node_metadata
 from onnxpass.modelio import read_in_place
 from onnxpass.passes.base import Pass, PassContext, PatternPass, register
 from onnxpass.passes.fold_shapes import fold_with_graphsurgeon
@@ -91,8 +91,7 @@ def _noop(name: str, pattern: Callable[..., Any]) -> Rule:
 
 
 # Dropout: random in training mode; two of them are two different masks.
-_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                     "Multinomial", "Bernoulli", "Dropout"}
+_NONDETERMINISTIC = RANDOM_OPS | {"Dropout"}
 
 
 @register

@@ -39,15 +39,14 @@ import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
 from onnxpass.errors import OnnxpassError
-from onnxpass.graph import Graph, Node, subgraph_captures
+from onnxpass.graph import RANDOM_OPS, Graph, Node, shape_range, subgraph_captures
 from onnxpass.passes.base import Pass, PassContext, register
 
 MAX_BYTES = 16 << 20
 MAX_STEPS = 10
-RANDOM = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                    "Multinomial", "Bernoulli", "Dropout"})
+RANDOM = RANDOM_OPS | {"Dropout"}  # Dropout: random in training mode
 MOVES = frozenset({"Gather", "Slice", "Concat", "Squeeze", "Unsqueeze", "Reshape", "Identity"})
-_SENTINEL = -(2**62)  # unknown dims are _SENTINEL - k: no real shape value comes near
+SENTINEL = -(2**62)  # unknown dims are SENTINEL - k: no real shape value comes near
 _SUBGRAPH = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
 EVALUATORS = ("onnxruntime", "reference")
 
@@ -136,7 +135,7 @@ def shape_values(g: Graph, failed: set[Node]) -> tuple[int, int, bool]:
             return None
         return [d if isinstance(d, int) else sentinels.setdefault(
             ("p", d) if isinstance(d, str) else ("v", value, str(k)),
-            _SENTINEL - len(sentinels)) for k, d in enumerate(dims)]
+            SENTINEL - len(sentinels)) for k, d in enumerate(dims)]
 
     for node in g.toposort():
         if not _standard(node) or len(node.outputs) != 1 or not node.outputs[0]:
@@ -146,7 +145,8 @@ def shape_values(g: Graph, failed: set[Node]) -> tuple[int, int, bool]:
             shape = None if g.is_const(node.inputs[0]) else symbolic(node.inputs[0])
             if shape is None:
                 continue  # a constant's Shape is folded with the constants
-            known[out] = _shape_slice(node, shape)
+            known[out] = np.array([shape[k] for k in shape_range(node, len(shape))],
+                                  dtype=np.int64)
             producers[out] = node
             from_shape.add(out)
             vague.update(v for k, v in sentinels.items()
@@ -192,7 +192,7 @@ def shape_values(g: Graph, failed: set[Node]) -> tuple[int, int, bool]:
         g.replace([node], [out], [], [x])
         removed += 1
     done = {v for v, a in known.items()
-            if not g.is_output(v) and not np.any(a <= _SENTINEL // 2)}
+            if not g.is_output(v) and not np.any(a <= SENTINEL // 2)}
     return removed + _fold_results(g, producers, done, known), typed, doubt
 
 
@@ -203,7 +203,7 @@ def _decided(a: np.ndarray, b: np.ndarray) -> bool:
         x, y = np.broadcast_arrays(np.asarray(a), np.asarray(b))
     except ValueError:
         return False
-    sx, sy = x <= _SENTINEL // 2, y <= _SENTINEL // 2
+    sx, sy = x <= SENTINEL // 2, y <= SENTINEL // 2
     doubt = (sx & ~sy & (y >= 0)) | (sy & ~sx & (x >= 0)) | (sx & sy & (x != y))
     return not bool(doubt.any())
 
@@ -225,7 +225,7 @@ def _broadcast(dims: list[int] | None, target: list[int]) -> list[int] | None:
         elif x >= 0 and y >= 0:
             return None  # not broadcastable: the runtime will say so
         else:
-            out.append(_SENTINEL + 1)  # unknown
+            out.append(SENTINEL + 1)  # unknown
     return out
 
 
@@ -244,12 +244,12 @@ def _reshaped(target: list[int], dims: list[int] | None, allowzero: bool) -> lis
     rest = list(have)
     for d in unknown:
         if d not in rest:
-            return [_SENTINEL + 1 if d == -1 else d for d in out]  # -1 stays unknown
+            return [SENTINEL + 1 if d == -1 else d for d in out]  # -1 stays unknown
         rest.remove(d)
     known_out = int(np.prod([d for d in out if d >= 0], dtype=np.int64))
     known_in = int(np.prod([d for d in dims if d >= 0], dtype=np.int64))
     if rest or known_out == 0 or known_in % known_out:
-        return [_SENTINEL + 1 if d == -1 else d for d in out]
+        return [SENTINEL + 1 if d == -1 else d for d in out]
     return [known_in // known_out if d == -1 else d for d in out]
 
 
@@ -282,14 +282,6 @@ def _same_shape(target: list[int], dims: list[int] | None, allowzero: bool) -> b
     if dims is None or len(target) != len(dims) or target.count(-1) > 1:
         return False
     return all(t == d or (t == 0 and not allowzero) or t == -1 for t, d in zip(target, dims))
-
-
-def _shape_slice(node: Node, shape: list[int]) -> np.ndarray:
-    """Shape(x, start, end) of a value of shape ``shape``: the dims sliced as ONNX clamps them."""
-    rank = len(shape)
-    start, end = node.attr("start", 0), node.attr("end", rank)
-    start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
-    return np.array(shape[start:end], dtype=np.int64)
 
 
 def _moves_shape(g: Graph, node: Node, known: dict[str, np.ndarray]) -> bool:

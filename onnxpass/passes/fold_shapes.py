@@ -27,10 +27,9 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-MOVES = frozenset({"Gather", "Slice", "Concat", "Squeeze", "Unsqueeze", "Reshape", "Identity"})
-RANDOM = frozenset({"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                    "Multinomial", "Bernoulli", "Dropout"})
-_SENTINEL = -(2**62)  # unknown dims are _SENTINEL - k: no real shape value comes near
+from onnxpass.graph import Node, shape_range
+from onnxpass.passes.fold import MOVES, RANDOM, SENTINEL  # the same facts as the new folder
+
 MAX_PASSES = 10
 _SMALL = 1024
 
@@ -58,7 +57,7 @@ def fold_shape_values(model: onnx.ModelProto) -> int:
                 "value", "value_int", "value_ints"):
             consts[node.output[0]] = _constant(node)
         elif node.op_type == "Shape" and node.input[0] in dims:
-            shape = [d.dim_value if d.HasField("dim_value") else _SENTINEL - next(unknown)
+            shape = [d.dim_value if d.HasField("dim_value") else SENTINEL - next(unknown)
                      for d in dims[node.input[0]].dim]
             known[node.output[0]] = _evaluate(node, {node.input[0]: np.zeros(0)}, opset,
                                               shape=shape)
@@ -69,7 +68,7 @@ def fold_shape_values(model: onnx.ModelProto) -> int:
             except Exception:  # an invalid index or shape: leave it to the runtime
                 continue
     outputs = {o.name for o in g.output}
-    done = {v for v, a in known.items() if v not in outputs and not np.any(a <= _SENTINEL // 2)}
+    done = {v for v, a in known.items() if v not in outputs and not np.any(a <= SENTINEL // 2)}
     if not done:
         return 0
     kept = [n for n in g.node if not (len(n.output) == 1 and n.output[0] in done)]
@@ -102,11 +101,8 @@ def _evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int,
               shape: list[int] | None = None) -> np.ndarray:
     """``node`` run alone by the reference implementation; a Shape node on ``shape``."""
     if shape is not None:  # Shape(x, start, end): the dims sliced as ONNX clamps them
-        rank = len(shape)
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        start, end = attrs.get("start", 0), attrs.get("end", rank)
-        start, end = (min(max(v + rank if v < 0 else v, 0), rank) for v in (start, end))
-        return np.array(shape[start:end], dtype=np.int64)
+        return np.array([shape[k] for k in shape_range(Node.from_proto(node), len(shape))],
+                        dtype=np.int64)
     graph = helper.make_graph(
         [node], "fold_shape",
         [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)

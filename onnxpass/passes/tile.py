@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from onnx import numpy_helper
 
-from onnxpass.graph import Dim, Graph, Node
+from onnxpass.graph import RANDOM_OPS, Dim, Graph, Node
 from onnxpass.passes.base import PassContext, PatternPass, register
 from onnxpass.passes.const_slice import check_fold, emit_fold
 from onnxpass.passes.dims import same
@@ -224,8 +224,7 @@ class Tile(PatternPass):
         return compute_once(ctx.graph, {"Tile", "Expand"}) + super().run(ctx)
 
 
-_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
-                     "Multinomial", "Bernoulli"}
+_NONDETERMINISTIC = RANDOM_OPS
 _SMALL = 1024  # constants up to this many elements compare by value; larger ones by name
 
 
