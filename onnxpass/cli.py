@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--pins", "--fp16-pins", dest="pins", metavar="FILE",
                    help="pin list for the fp16 or bf16 pass (as onnxpass debug precision writes "
                         "it; --fp16-pins is an alias)")
+    _calibration_arguments(r)
     r.add_argument("--dump-dir", help="write the graph after each pass that changed it")
     r.add_argument("--no-check", action="store_true",
                    help="skip onnx.checker after each pass (shape inference still runs)")
@@ -139,9 +140,12 @@ def _parser() -> argparse.ArgumentParser:
                         "(default), or as strongly typed TensorRT engines (needs TensorRT)")
     d.add_argument("--form", choices=["mixed", "all"], default="mixed",
                    help="fp16 form the pins add to (default: mixed)")
-    d.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16",
-                   help="the pass the pins are for (default: fp16; pin list MODEL.DTYPEpins.txt)")
-    d.add_argument("--inputs", help=".npz of inputs (default: random)")
+    d.add_argument("--dtype", choices=["fp16", "bf16", "int8", "fp8"], default="fp16",
+                   help="the pass the pins are for (default: fp16; pin list MODEL.DTYPEpins.txt); "
+                        "int8 and fp8 find the layers to leave unquantized and need --calibration")
+    _calibration_arguments(d)
+    d.add_argument("--inputs", help=".npz of inputs (default: random; for int8/fp8 the first "
+                                    "calibration batch)")
     d.add_argument("--seed", type=int, default=0, help="seed of random inputs (default: 0)")
     d.add_argument("--dim", action="append", default=[], metavar="NAME=N",
                    help="value of a symbolic input dim for random inputs (default: 2)")
@@ -157,6 +161,60 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_arguments(bn)
     bn.set_defaults(func=bench.main_bench)
     return p
+
+
+def _calibration_arguments(p: argparse.ArgumentParser) -> None:
+    """The int8/fp8 passes' calibration flags (run, debug precision; build has its own)."""
+    p.add_argument("--calibration", metavar="DIR_OR_NPZ",
+                   help="calibration data for the int8/fp8 pass: a folder of images, an .npz of "
+                        "feeds (one batch, or K batches along a leading dim), or 'random' / "
+                        "'random:K' (made-up scales; the output says so)")
+    p.add_argument("--calibration-method", choices=["max", "entropy", "percentile"],
+                   help="ONNX Runtime calibrator for activation ranges (default: max)")
+    p.add_argument("--calibration-batch", type=int, metavar="N",
+                   help="images per calibration batch for --calibration DIR (default: 8)")
+    p.add_argument("--calibration-mean", metavar="M,M,M",
+                   help="per-channel mean for --calibration DIR (default: ImageNet's)")
+    p.add_argument("--calibration-std", metavar="S,S,S",
+                   help="per-channel std for --calibration DIR (default: ImageNet's)")
+
+
+def _calibration_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """The pass options the calibration flags give (None: not given)."""
+    if args.calibration_batch is not None and args.calibration_batch < 1:
+        raise OnnxpassError(f"--calibration-batch {args.calibration_batch}: expected N >= 1")
+    for flag, text in (("--calibration-mean", args.calibration_mean),
+                       ("--calibration-std", args.calibration_std)):
+        _parse_floats(flag, text)
+    return {"calibration": args.calibration, "method": args.calibration_method,
+            "batch_size": None if args.calibration_batch is None else str(args.calibration_batch),
+            "mean": args.calibration_mean, "std": args.calibration_std}
+
+
+def _image_options(options: dict[str, str | None]) -> dict[str, Any]:
+    """calibration_data's keywords from the calibration pass options."""
+    size = options.get("batch_size")
+    return {"batch_size": int(size) if size else 8,
+            "mean": _parse_floats("--calibration-mean", options.get("mean")),
+            "std": _parse_floats("--calibration-std", options.get("std"))}
+
+
+_OPTION_FLAGS = {"pins": "--pins", "calibration": "--calibration",
+                 "method": "--calibration-method", "batch_size": "--calibration-batch",
+                 "mean": "--calibration-mean", "std": "--calibration-std"}
+
+
+def _check_calibration(pipeline: Pipeline, graph: Graph) -> None:
+    """Read the calibration data's index (files, npz keys and shapes) against the model before
+    any pass runs: a bad folder or npz is one line, before minutes of work."""
+    from onnxpass.passes.quantize import Quantize
+
+    for p in pipeline.passes:
+        if isinstance(p, Quantize) and p.calibration:
+            from onnxpass.calibration import calibration_data
+
+            calibration_data(p.calibration, graph.model, batch_size=p.batch_size, mean=p.mean,
+                             std=p.std)
 
 
 def _sci(x: float) -> str:
@@ -242,13 +300,16 @@ def _parse_passes(spec: str) -> list[Pass]:
         raise type(e)(f"--passes {spec!r}: {e}") from None
 
 
-def _pipeline(spec: str, pins: str | None, **kw: Any) -> Pipeline:
-    """The pipeline of ``--passes`` (named in its errors), ``--pins`` given to it."""
+def _pipeline(spec: str, pins: str | None, calibration: dict[str, str | None] | None = None,
+              **kw: Any) -> Pipeline:
+    """The pipeline of ``--passes`` (named in its errors), ``--pins`` and the calibration
+    flags given to it."""
     from onnxpass.errors import UnknownPassError
     from onnxpass.passes.manager import Pipeline
 
+    options = {"pins": pins, **(calibration or {})}
     try:
-        return Pipeline(spec, {"pins": pins} if pins else None, **kw)
+        return Pipeline(spec, options, flag=_OPTION_FLAGS, **kw)
     except UnknownPassError as e:
         raise type(e)(f"--passes {spec!r}: {e}") from None
 
@@ -351,8 +412,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_writable(out, src)
     progress = None if args.quiet or args.json else (lambda msg: print(msg, file=sys.stderr))
     # unknown names and an unreadable pin list fail before anything big is read
-    pipeline = _pipeline(args.passes, args.pins, check=not args.no_check, dump_dir=args.dump_dir,
-                         progress=progress)
+    pipeline = _pipeline(args.passes, args.pins, _calibration_options(args),
+                         check=not args.no_check, dump_dir=args.dump_dir, progress=progress)
     dims = _parse_dims(args.dim)
     _check_dump_dir(args.dump_dir)
     if args.inputs and not args.verify:
@@ -360,6 +421,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     graph = _load(str(src))
     _check_writable(out, src, graph)  # now that the files the input reads are known
+    _check_calibration(pipeline, graph)
     load_s = time.perf_counter() - t0
     # --inputs and --dim are checked against the model before the pipeline runs
     feeds = _feeds(graph.model, args.inputs, args.seed, dims) if args.verify else None
@@ -639,20 +701,40 @@ def cmd_debug(args: argparse.Namespace) -> int:
     graph = _load(str(src))
     _check_writable(out, src, graph)  # the pin list never replaces the model or its data
     dims = _parse_dims(args.dim)
-    feeds = _feeds(graph.model, args.inputs, args.seed, dims)
+    quantized = args.dtype in ("int8", "fp8")
+    options = _calibration_options(args)
+    if not quantized and any(v is not None for v in options.values()):
+        raise OnnxpassError(f"--calibration flags are for --dtype int8 or fp8, not {args.dtype}")
+    if quantized and not args.calibration:
+        raise OnnxpassError(f"--dtype {args.dtype} needs --calibration DIR_OR_NPZ (a folder of "
+                            "images, an .npz of feeds, or random)")
     model = _read_data(graph, str(src))
+    feeds, data = None, None
+    if quantized:
+        from onnxpass.calibration import calibration_data
+
+        data = calibration_data(args.calibration, model, **_image_options(options))
+        if not args.inputs:
+            feeds = next(iter(data))
+    if feeds is None:
+        feeds = _feeds(graph.model, args.inputs, args.seed, dims)
     progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
     with _stdout_to_stderr():
         r = debug_precision(src, args.tol, out, feeds, args.form, progress, args.runner,
-                            args.dtype, model=model)
+                            args.dtype, model=model, calibration=data if quantized else None,
+                            method=args.calibration_method or "max")
     if args.json:
         print(json.dumps({"ok": r.ok, "pins": r.pins, "runs": r.runs, "worst": r.worst,
                           "output": str(out)}, indent=2))
     else:
-        print(f"{len(r.pins)} node(s) to keep float32 ({r.runs} runs): {', '.join(r.pins) or '-'}")
+        kept = "leave unquantized" if quantized else "keep float32"
+        print(f"{len(r.pins)} node(s) to {kept} ({r.runs} runs): {', '.join(r.pins) or '-'}")
         print("; ".join(f"{k}: max error {v:.3g} of max |ref|" for k, v in r.worst.items()))
         print(f"wrote {out}" + ("" if r.ok else " (tolerance not reached even all float32)"))
-        if r.ok:
+        if r.ok and quantized:
+            print(f"use it: onnxpass run {src} --passes default,{args.dtype} --calibration "
+                  f"{args.calibration} --pins {out}")
+        elif r.ok:
             print(f"use it: onnxpass build {src} --precision {args.dtype} --pins {out}  (or "
                   f"onnxpass run {src} --passes {args.dtype} --pins {out})")
     return 0 if r.ok else EXIT_VERIFY_FAILED

@@ -13,6 +13,14 @@ go on. Each pin costs about log2(n) runs. The result is a pin list the fp16 pass
 
 ``dtype="bf16"`` (``--dtype bf16``) does the same for bfloat16 and the ``bf16`` pass.
 
+``dtype="int8"`` or ``"fp8"`` (``--dtype int8``) searches the layers the ``int8``/``fp8`` pass
+quantizes (Conv, MatMul, Gemm, residual Add; :mod:`onnxpass.passes.quantize`) for the ones to
+leave unquantized, as LeViT's deployment bisected with ``polygraphy debug precision``. The
+activation ranges are calibrated once (``calibration``: the pass's data, ``method`` its
+calibrator) and every candidate reuses them; candidates run in ONNX Runtime as written (its
+Q/DQ nodes compute the rounding exactly), or in TensorRT with ``runner="tensorrt"``. The pin
+list is the one the pass reads (``--pins``).
+
 Runners (``runner=``): ``onnxruntime`` (default) runs :func:`simulate_float16` of the float16
 graph: ORT's CPU provider lacks float16 kernels for most ops, runs them in float32 and keeps
 float32 values along chains of such nodes, so the float16 graph itself would look far more
@@ -27,6 +35,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -34,9 +43,14 @@ import onnx
 from onnxpass.api import rewrite
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import Graph
+from onnxpass.passes.base import Pass
 from onnxpass.passes.lowprec import BFloat16, Float16, LowPrecision, converted_outputs
 from onnxpass.passes.pins import node_key
+from onnxpass.passes.quantize import Fp8, Int8, Plan, Quantize
 from onnxpass.verify import random_inputs, run, scaled_stats
+
+if TYPE_CHECKING:
+    from onnxpass.calibration import CalibrationData
 
 
 @dataclass
@@ -47,7 +61,9 @@ class PrecisionResult:
     worst: dict[str, float] = field(default_factory=dict)  # per output, max err / max |ref|
 
     def pin_file(self, tol: float, form: str, dtype: str = "fp16") -> str:
-        head = f"# onnxpass debug precision: float32 pins for {dtype}={form}, tol {tol:g}\n"
+        what = f"layers left unquantized by {dtype}" if dtype in QUANTIZED \
+            else f"float32 pins for {dtype}={form}"
+        head = f"# onnxpass debug precision: {what}, tol {tol:g}\n"
         return head + "".join(f"node:{p}\n" for p in self.pins)
 
 
@@ -102,12 +118,25 @@ def convertible(model: onnx.ModelProto, dtype: str = "fp16") -> list[str]:
 
 
 DTYPES: dict[str, type[LowPrecision]] = {"fp16": Float16, "bf16": BFloat16}
+QUANTIZED: dict[str, type[Quantize]] = {"int8": Int8, "fp8": Fp8}
 
 
 def pass_class(dtype: str) -> type[LowPrecision]:
     if dtype not in DTYPES:
-        raise OnnxpassError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise OnnxpassError(f"dtype {dtype!r}: expected one of {', '.join([*DTYPES, *QUANTIZED])}")
     return DTYPES[dtype]
+
+
+def quantized_layers(model: onnx.ModelProto, dtype: str) -> tuple[list[str], Plan]:
+    """Keys of the layers the ``dtype`` (int8 or fp8) pass quantizes, in order, and its plan."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    g = Graph(work)
+    g.remove_dead()
+    g.refresh_types()
+    plan = QUANTIZED[dtype]().plan(g)
+    order = {id(n): k for k, n in enumerate(g.toposort())}
+    return [node_key(n) for n in sorted(plan.layers, key=lambda n: order[id(n)])], plan
 
 
 Feeds = dict[str, np.ndarray]
@@ -137,15 +166,37 @@ def trt_runner(half: onnx.ModelProto, feeds: Feeds) -> Feeds:
 
 def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
               form: str = "mixed", progress: Callable[[str], None] | None = None,
-              runner: str = "onnxruntime", dtype: str = "fp16") -> PrecisionResult:
-    make = pass_class(dtype)
+              runner: str = "onnxruntime", dtype: str = "fp16", *,
+              calibration: str | CalibrationData | None = None, method: str = "max"
+              ) -> PrecisionResult:
+    """The pins for ``dtype`` (module doc); ``calibration`` (a source or the data made from
+    one) and ``method`` for int8/fp8."""
+    if dtype in QUANTIZED:
+        candidates, plan = quantized_layers(model, dtype)
+        if not calibration:
+            raise OnnxpassError(f"debug precision --dtype {dtype} needs calibration data: "
+                                "--calibration DIR_OR_NPZ (or random)")
+        from onnxpass.calibration import calibrate, calibration_data
+
+        data = calibration_data(calibration, model) if isinstance(calibration, str) \
+            else calibration
+        amax = calibrate(model, plan.activations, data, method, progress=progress)
+        if progress:
+            progress(f"calibrated {len(amax)} tensors with {method} on {data.describe()}")
+        cls = QUANTIZED[dtype]
+        make: Callable[[set[str]], Pass] = lambda pins: cls(ranges=amax, keep_nodes=pins)
+    else:
+        low = pass_class(dtype)
+        candidates = convertible(model, dtype)
+        make = lambda pins: low(form, keep_nodes=pins)
     if runner not in RUNNERS:
         raise OnnxpassError(f"runner {runner!r}: expected one of {', '.join(RUNNERS)}")
     if runner == "tensorrt":
         from onnxpass.trt_build import import_tensorrt
 
         import_tensorrt()  # the one-line error before any work
-    run_half = trt_runner if runner == "tensorrt" else ort_runner
+    run_half = trt_runner if runner == "tensorrt" else \
+        (run if dtype in QUANTIZED else ort_runner)  # Q/DQ rounds exactly in ONNX Runtime
     feeds = feeds if feeds is not None else random_inputs(model)
     want = run(model, feeds)
     runs = 0
@@ -156,7 +207,7 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
         runs += 1
         work = onnx.ModelProto()
         work.CopyFrom(model)
-        half, _ = rewrite(work, [make(form, keep_nodes=pins)])
+        half, _ = rewrite(work, [make(pins)])
         got = run_half(half, feeds)
         ok, errs = True, {}
         for k, e in want.items():
@@ -165,7 +216,6 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
         worst = errs
         return ok
 
-    candidates = convertible(model, dtype)
     pins: set[str] = set()
     order: list[str] = []
     if not passes(pins):
@@ -192,7 +242,9 @@ def find_pins(model: onnx.ModelProto, tol: float, feeds: Feeds | None = None,
 def debug_precision(path: str | os.PathLike[str], tol: float, output: str | os.PathLike[str],
                     feeds: Feeds | None = None, form: str = "mixed",
                     progress: Callable[[str], None] | None = None, runner: str = "onnxruntime",
-                    dtype: str = "fp16", model: onnx.ModelProto | None = None) -> PrecisionResult:
+                    dtype: str = "fp16", model: onnx.ModelProto | None = None, *,
+                    calibration: str | CalibrationData | None = None, method: str = "max"
+                    ) -> PrecisionResult:
     """Find the pins for the model at ``path`` (or ``model``, that file loaded with its
     external data) and write the pin list to ``output``."""
     if model is None:
@@ -202,7 +254,8 @@ def debug_precision(path: str | os.PathLike[str], tol: float, output: str | os.P
 
         model = load_model(path)  # external data checked (confined, in bounds) before reading
         load_external_data_for_model(model, str(Path(path).resolve().parent))
-    result = find_pins(model, tol, feeds, form, progress, runner, dtype)
+    result = find_pins(model, tol, feeds, form, progress, runner, dtype,
+                       calibration=calibration, method=method)
     try:
         Path(output).write_text(result.pin_file(tol, form, dtype))
     except OSError as e:

@@ -5,13 +5,16 @@ model's one image input and fills its other inputs with :func:`onnxpass.verify.r
 Each image is converted to RGB (L for one channel), resized bilinearly to the input's static H, W,
 scaled to [0, 1] and normalized ``(x - mean) / std``: by default with the ImageNet mean
 (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) for 3 channels, and 0.5 / 0.5 for 1 channel.
-:func:`feeds_from` picks random inputs, an image folder or an ``.npz``.
+:func:`scan_image_folder` checks a folder (headers only) and :meth:`ImageFolder.feeds` decodes
+any subset of its files into a batch: what calibration streams batch by batch
+(onnxpass/calibration.py). :func:`feeds_from` picks random inputs, an image folder or an ``.npz``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,78 @@ def load_image_folder(folder: str | os.PathLike[str], model: onnx.ModelProto, *,
     ``layout`` is ``auto``, ``NCHW`` or ``NHWC``. Symbolic batch (and H, W) dims take the number
     (and size) of the images, for the other inputs too; ``dims`` sets their remaining symbolic dims.
     """
+    images = scan_image_folder(folder, model, mean=mean, std=std, layout=layout)
+    batch = images.static_batch
+    if batch is not None and batch != len(images.files):
+        raise OnnxpassError(f"{images.folder}: {len(images.files)} images, but input "
+                            f"{images.input.name!r} takes a batch of exactly {batch}")
+    return images.feeds(model, images.files, seed=seed, dims=dims)
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder of images checked against a model's image input (:func:`scan_image_folder`):
+    its files, the size they are resized to and how they are normalized. Pixels are decoded only
+    by :meth:`feeds`, a batch at a time."""
+
+    folder: Path
+    files: tuple[Path, ...]  # sorted by name
+    input: onnx.ValueInfoProto  # the model's image input
+    nhwc: bool
+    size: tuple[int, int]  # (width, height) of the batch: the input's, or the images' if symbolic
+    mean: np.ndarray  # per channel
+    std: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return self.input.type.tensor_type.shape.dim[3 if self.nhwc else 1].dim_value
+
+    @property
+    def static_batch(self) -> int | None:
+        """The batch size the image input requires, None when its batch dim is symbolic."""
+        n = self.input.type.tensor_type.shape.dim[0]
+        return n.dim_value if n.HasField("dim_value") else None
+
+    def feeds(self, model: onnx.ModelProto, files: Sequence[Path], seed: int = 0,
+              dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+        """``files`` (of this folder) decoded into one batch for the image input; the model's
+        other inputs random (:func:`onnxpass.verify.random_inputs` with ``seed``) for that batch.
+        Symbolic batch, H, W dims take the batch's; ``dims`` sets the remaining symbolic dims."""
+        from PIL import Image  # scan_image_folder checked that Pillow is there
+
+        mode = "RGB" if self.channels == 3 else "L"
+        pixels: list[np.ndarray] = []
+        for p in files:
+            try:
+                with Image.open(p) as im:
+                    im = im.convert(mode)
+            except Exception as e:
+                raise OnnxpassError(f"{p}: cannot read the image ({e})") from None
+            if im.size != self.size:
+                im = im.resize(self.size, Image.Resampling.BILINEAR)
+            pixels.append(np.asarray(im, np.float32).reshape(self.size[1], self.size[0],
+                                                             self.channels))
+        batch = (np.stack(pixels) / 255.0 - self.mean) / self.std  # N, H, W, C
+        if not self.nhwc:
+            batch = batch.transpose(0, 3, 1, 2)
+        n_dim, *hwc = self.input.type.tensor_type.shape.dim
+        h_dim, w_dim = (hwc[0], hwc[1]) if self.nhwc else (hwc[1], hwc[2])
+        filled = dict(dims or {})
+        for d, value in ((n_dim, len(files)), (w_dim, self.size[0]), (h_dim, self.size[1])):
+            if d.dim_param:
+                filled[d.dim_param] = value
+        feeds = random_inputs(model, seed, filled)
+        dtype = helper.tensor_dtype_to_np_dtype(self.input.type.tensor_type.elem_type)
+        feeds[self.input.name] = np.ascontiguousarray(batch, dtype=dtype)
+        return feeds
+
+
+def scan_image_folder(folder: str | os.PathLike[str], model: onnx.ModelProto, *,
+                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                      layout: str = "auto") -> ImageFolder:
+    """Check ``folder`` against the model's image input without decoding pixels: it holds images,
+    each one's header reads, they share one size where the input's H/W are symbolic, and
+    ``mean``/``std`` fit the channels. Raises :class:`OnnxpassError` naming the first problem."""
     try:
         from PIL import Image
     except ImportError:
@@ -60,7 +135,7 @@ def load_image_folder(folder: str | os.PathLike[str], model: onnx.ModelProto, *,
     if not files:
         raise OnnxpassError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     vi, nhwc = image_input(model, layout, folder)
-    n_dim, *hwc = vi.type.tensor_type.shape.dim
+    _, *hwc = vi.type.tensor_type.shape.dim
     c_dim, h_dim, w_dim = (hwc[2], hwc[0], hwc[1]) if nhwc else hwc
     channels = c_dim.dim_value
     mean_c = _per_channel(folder, "mean", mean, (IMAGENET_MEAN if channels == 3 else GRAY_MEAN),
@@ -69,41 +144,23 @@ def load_image_folder(folder: str | os.PathLike[str], model: onnx.ModelProto, *,
                          channels)
     if not np.all(std_c):
         raise OnnxpassError(f"{folder}: std must not be 0")
-    if n_dim.HasField("dim_value") and n_dim.dim_value != len(files):
-        raise OnnxpassError(f"{folder}: {len(files)} images, but input {vi.name!r} takes a batch "
-                            f"of exactly {n_dim.dim_value}")
 
     static = (w_dim.dim_value, h_dim.dim_value)  # PIL sizes are (width, height); 0: symbolic
-    pixels: list[np.ndarray] = []
     target: tuple[int, int] | None = None
     for p in files:
         try:
-            with Image.open(p) as im:
-                im = im.convert("RGB" if channels == 3 else "L")
+            with Image.open(p) as im:  # reads the header only
+                size = im.size
         except Exception as e:
             raise OnnxpassError(f"{p}: cannot read the image ({e})") from None
         if target is None:
-            target = (static[0] or im.size[0], static[1] or im.size[1])
-        if any(not s and i != t for s, i, t in zip(static, im.size, target)):
-            raise OnnxpassError(f"{p}: {im.size[0]}x{im.size[1]}, but {files[0].name} is "
+            target = (static[0] or size[0], static[1] or size[1])
+        if any(not s and i != t for s, i, t in zip(static, size, target)):
+            raise OnnxpassError(f"{p}: {size[0]}x{size[1]}, but {files[0].name} is "
                                 f"{target[0]}x{target[1]}; input {vi.name!r} has symbolic H/W, "
                                 "so all images must share one size")
-        if im.size != target:
-            im = im.resize(target, Image.Resampling.BILINEAR)
-        pixels.append(np.asarray(im, np.float32).reshape(target[1], target[0], channels))
-    batch = (np.stack(pixels) / 255.0 - mean_c) / std_c  # N, H, W, C
-    if not nhwc:
-        batch = batch.transpose(0, 3, 1, 2)
-
     assert target is not None  # files is not empty
-    filled = dict(dims or {})
-    for d, value in ((n_dim, len(files)), (w_dim, target[0]), (h_dim, target[1])):
-        if d.dim_param:
-            filled[d.dim_param] = value
-    feeds = random_inputs(model, seed, filled)
-    dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
-    feeds[vi.name] = np.ascontiguousarray(batch, dtype=dtype)
-    return feeds
+    return ImageFolder(folder, tuple(files), vi, nhwc, target, mean_c, std_c)
 
 
 def image_input(model: onnx.ModelProto, layout: str = "auto", where: object = "model"

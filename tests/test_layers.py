@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"tensorrt_available", "loadcheck", "wire"},
     {"modelio"},
-    {"verify", "images"},
+    {"verify", "images", "calibration"},
     {"graph", "opset"},
     {"plugins"},  # specs and kernels: what a plugin node is, below the rules that emit one
     {"patterns"},

@@ -28,10 +28,12 @@ from onnxpass.plugins.base import all_plugins
 @dataclass
 class PassContext:
     """What a pass works on. A pass that must replace the graph (opset conversion) assigns
-    ``ctx.graph``; ``notes`` collects lines the user should read (e.g. "opset raised")."""
+    ``ctx.graph``; ``notes`` collects lines the user should read (e.g. "opset raised"); ``progress``
+    takes lines about a long step (calibration), shown while the pass runs."""
 
     graph: Graph
     notes: list[str] = field(default_factory=list)
+    progress: Callable[[str], None] | None = None  # where a long pass says how far it got
 
 
 class Pass:

@@ -14,6 +14,7 @@ from onnxpass.passes import (  # noqa: F401
     mask2pos,
     masked_softmax,
     matmul2d,
+    quantize,
     rmsnorm,
     rotary,
     shape_of,

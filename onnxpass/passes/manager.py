@@ -96,14 +96,14 @@ class PipelineResult:
 
 
 def parse_pipeline(spec: str | Sequence[str] | Sequence[Pass],
-                   options: Mapping[str, str] | None = None, *,
-                   flag: str = "--pins") -> list[Pass]:
+                   options: Mapping[str, str | None] | None = None, *,
+                   flag: str | Mapping[str, str] = "--pins") -> list[Pass]:
     """Pass instances for ``spec``, each given its options.
 
     An item of ``spec`` may carry options after a colon: ``fp16:pins=FILE`` (or
     ``fp16=all:pins=FILE``) gives them to that pass. ``options`` go to every pass that takes them
     (``--pins FILE`` to whichever low-precision pass runs); ``flag`` names them in the error
-    when no pass does.
+    when no pass does (one name, or one per option; default ``--KEY``).
     """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     instances = [p for p in items if isinstance(p, Pass)]
@@ -126,17 +126,25 @@ def parse_pipeline(spec: str | Sequence[str] | Sequence[Pass],
             _give(passes, key, value, lambda p, n=name: p.name == n, f"{name}:{key}={value}")
     for key, value in (options or {}).items():
         if value is not None:
-            _give(passes, key, value, lambda p: True, flag)
+            where = flag.get(key, f"--{key}") if isinstance(flag, Mapping) else flag
+            _give(passes, key, value, lambda p: True, where)
     return passes
+
+
+# Who takes an option given to the whole pipeline, for the error when none of them runs.
+_TAKERS = {"pins": ("a pin list", "the fp16, bf16, int8 or fp8 pass"),
+           "calibration": ("calibration data", "the int8 or fp8 pass"),
+           "method": ("a calibration method", "the int8 or fp8 pass")}
 
 
 def _give(passes: Sequence[Pass], key: str, value: str, wanted: Callable[[Pass], bool],
           where: str) -> None:
     takers = [p for p in passes if wanted(p) and key in getattr(p, "options", ())]
     if not takers:
-        if key == "pins":
-            raise OnnxpassError(f"{where}: a pin list ({value}) is for the fp16 or bf16 pass, "
-                                f"which does not run here")
+        if key in _TAKERS:
+            what, who = _TAKERS[key]
+            raise OnnxpassError(f"{where}: {what} ({value}) is for {who}, which does not run "
+                                f"here")
         raise OnnxpassError(f"{where}: no pass in the pipeline takes option {key!r}")
     for p in takers:
         p.set_option(key, value)  # type: ignore[attr-defined]
@@ -181,7 +189,8 @@ class Pipeline:
     """
 
     def __init__(self, spec: str | Sequence[str] | Sequence[Pass],
-                 options: Mapping[str, str] | None = None, *, flag: str = "--pins",
+                 options: Mapping[str, str | None] | None = None, *,
+                 flag: str | Mapping[str, str] = "--pins",
                  check: bool = True, max_rounds: int = DEFAULT_MAX_ROUNDS,
                  dump_dir: str | os.PathLike[str] | None = None,
                  progress: Callable[[str], None] | None = None) -> None:
@@ -239,7 +248,7 @@ class PassManager:
 
     def _run(self, graph: Graph) -> PipelineResult:
         plugin_hooks.install()
-        ctx = PassContext(graph)
+        ctx = PassContext(graph, progress=self.progress)
         stats = [PassStat(p.label) for p in self.passes]
         step = 0
         graph.remove_dead()  # passes see only what reaches an output

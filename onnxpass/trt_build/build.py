@@ -10,10 +10,14 @@ tf32       TF32 flag (TensorRT's        TF32 flag
            default)
 fp16       FP16 flag                    the ``fp16`` pass rewrites the graph first
 bf16       BF16 flag                    the ``bf16`` pass rewrites the graph first
-int8       INT8 flag; graph needs Q/DQ  graph needs Q/DQ (no calibration in either)
+int8       INT8 flag; graph needs Q/DQ  graph needs Q/DQ
 fp8        strongly typed network;      graph needs Q/DQ; GPU needs compute capability 8.9+
            graph needs Q/DQ; GPU 8.9+
 =========  ===========================  ==================================================
+
+int8 and fp8 on a float graph: ``--calibration DIR_OR_NPZ`` runs the ``int8``/``fp8`` pass
+(:mod:`onnxpass.passes.quantize`) before building, calibrated on that data; a graph that already
+has Q/DQ (a QAT export) is built as it is.
 
 ``--strongly-typed`` makes TensorRT 10 behave like 11 (the graph decides; fp16 and bf16 run
 their pass; ``--pins``, alias ``--fp16-pins``, gives either pass a pin list).
@@ -56,6 +60,8 @@ class BuildOptions:
     aot: bool = True
     strongly_typed: bool = False
     fp16_pins: str | None = None  # pin list for the fp16 pass (onnxpass debug precision)
+    calibration: str | None = None  # int8/fp8 on a float graph: data for the quantize pass
+    calibration_method: str | None = None
 
 
 @dataclass
@@ -240,14 +246,17 @@ def rewritten_path(engine: str | Path) -> Path:
     return Path(str(engine) + ".onnx")
 
 
-def _rewrite(model_path: str, spec: str, out: Path, pins: str | None = None
+def _rewrite(model_path: str, spec: str, out: Path, pins: str | None = None,
+             calibration: str | None = None, method: str | None = None
              ) -> tuple[str, list[str]]:
     """Run passes (``spec`` as for ``onnxpass run --passes``, the low-precision pass with the pin
-    list ``pins``); returns the written model's path and the passes' labels."""
+    list ``pins``, the quantize pass with ``calibration`` data and ``method``); returns the
+    written model's path and the passes' labels."""
     from onnxpass.passes.manager import Pipeline
 
-    pipeline = Pipeline(spec, {"pins": pins} if pins else None,
-                        flag="--pins (use --strongly-typed, or fp16 in --passes)")
+    pipeline = Pipeline(spec, {"pins": pins, "calibration": calibration, "method": method},
+                        flag={"pins": "--pins (use --strongly-typed, or fp16 in --passes)",
+                              "calibration": "--calibration", "method": "--calibration-method"})
     pipeline.rewrite_file(model_path, out)
     return str(out), pipeline.labels
 
@@ -284,21 +293,32 @@ def build(model_path: str, engine_path: str, opts: BuildOptions,
     model = load_model(model_path)
     profile = profile_for(model, opts.shapes)
     plan = precision_plan(opts.precision, trt_major(trt.__version__), opts.strongly_typed)
-    if plan.needs_qdq and not has_qdq(model):
-        raise OnnxpassError(f"{opts.precision} needs a Q/DQ graph (QuantizeLinear/"
-                            f"DequantizeLinear nodes): onnxpass build does no calibration")
+    quantize = None
+    if plan.needs_qdq and has_qdq(model):
+        if opts.calibration:
+            raise OnnxpassError(f"--calibration {opts.calibration}: {model_path} has Q/DQ nodes "
+                                f"already (quantized); build it without --calibration")
+    elif plan.needs_qdq:
+        if not opts.calibration:
+            raise OnnxpassError(f"{opts.precision} needs a Q/DQ graph (QuantizeLinear/"
+                                f"DequantizeLinear nodes): give --calibration DIR_OR_NPZ to "
+                                f"quantize {model_path} first (or --calibration random)")
+        quantize = opts.precision
     gpu, cc = _gpu()
     if opts.precision == "fp8" and cc is not None and cc < (8, 9):
         raise OnnxpassError(f"fp8 needs compute capability 8.9 or newer; {gpu} has "
                             f"{cc[0]}.{cc[1]}")
     spec = _graph_pass_spec(plan, opts.passes)
+    if quantize:
+        spec = f"{spec},{quantize}" if spec else quantize
     if opts.fp16_pins and not spec:
         raise OnnxpassError(f"--fp16-pins {opts.fp16_pins}: no fp16 pass runs in this build "
                             f"(TensorRT {trt.__version__} {opts.precision} uses builder flags); "
                             f"add --strongly-typed")
     src, passes_run = model_path, []
     if spec:  # the rewritten model is kept beside the engine: it is what the engine runs
-        src, passes_run = _rewrite(model_path, spec, rewritten_path(engine_path), opts.fp16_pins)
+        src, passes_run = _rewrite(model_path, spec, rewritten_path(engine_path), opts.fp16_pins,
+                                   opts.calibration, opts.calibration_method)
         log(f"rewrote the model with {','.join(passes_run)} -> {src}")
     plugins = _register_plugins(load_model(src) if spec else model, opts) if opts.plugins else []
     serialized = _build_engine(src, plan, profile, opts, bool(plugins))
@@ -395,6 +415,10 @@ def options_from_args(args: Any) -> BuildOptions:
     if args.opt_level is not None and not 0 <= args.opt_level <= 5:
         raise OnnxpassError(f"--opt-level {args.opt_level}: expected 0 to 5")
     parse_shapes(args.shapes)
+    if (args.calibration or args.calibration_method) and args.precision not in ("int8", "fp8"):
+        flag = "--calibration" if args.calibration else "--calibration-method"
+        raise OnnxpassError(f"{flag}: only --precision int8 or fp8 calibrates "
+                            f"(got --precision {args.precision})")
     if args.fp16_pins:
         from onnxpass.passes.pins import read_pins
 
@@ -408,7 +432,8 @@ def options_from_args(args: Any) -> BuildOptions:
         workspace=parse_size(args.workspace) if args.workspace else None,
         pools=parse_pools(args.pool), timing_cache=args.timing_cache, opt_level=args.opt_level,
         passes=args.passes, plugins=not args.no_plugins, aot=not args.jit,
-        strongly_typed=args.strongly_typed, fp16_pins=args.fp16_pins)
+        strongly_typed=args.strongly_typed, fp16_pins=args.fp16_pins,
+        calibration=args.calibration, calibration_method=args.calibration_method)
 
 
 def add_arguments(p: Any) -> None:
@@ -429,6 +454,11 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--pins", "--fp16-pins", dest="fp16_pins", metavar="FILE",
                    help="nodes the fp16 or bf16 pass keeps float32 (onnxpass debug precision "
                         "writes it; --fp16-pins is an alias)")
+    p.add_argument("--calibration", metavar="DIR_OR_NPZ",
+                   help="int8/fp8 of a float model: quantize it first (the int8/fp8 pass), "
+                        "calibrated on a folder of images, an .npz of feeds, or random")
+    p.add_argument("--calibration-method", choices=["max", "entropy", "percentile"],
+                   help="ONNX Runtime calibrator for --calibration (default: max)")
     p.add_argument("--no-plugins", action="store_true", help="do not register onnxpass plugins")
     p.add_argument("--jit", action="store_true",
                    help="plugins through their JIT (Python) implementation, not AOT")
