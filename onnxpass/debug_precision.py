@@ -46,7 +46,7 @@ from onnxpass.graph import Graph
 from onnxpass.passes.base import Pass
 from onnxpass.passes.lowprec import BFloat16, Float16, LowPrecision, converted_outputs
 from onnxpass.passes.pins import node_key
-from onnxpass.passes.quantize import Fp8, Int8, Plan, Quantize
+from onnxpass.passes.quantize import Fp8, Int8, Plan, Quantize, quantized_ops
 from onnxpass.verify import random_inputs, run, scaled_stats
 
 if TYPE_CHECKING:
@@ -129,6 +129,11 @@ def pass_class(dtype: str) -> type[LowPrecision]:
 
 def quantized_layers(model: onnx.ModelProto, dtype: str) -> tuple[list[str], Plan]:
     """Keys of the layers the ``dtype`` (int8 or fp8) pass quantizes, in order, and its plan."""
+    found = quantized_ops(model)
+    if found:
+        raise OnnxpassError(f"--dtype {dtype}: the model is quantized already ("
+                            f"{', '.join(f'{k} {op}' for op, k in sorted(found.items()))}); give "
+                            f"debug precision the float model")
     work = onnx.ModelProto()
     work.CopyFrom(model)
     g = Graph(work)
