@@ -5,7 +5,8 @@ engine (.plan, .engine, .trt) in TensorRT (:class:`onnxpass.trt_build.engine.Eng
 same feeds: random with a seed, an ``.npz``, or a folder of images
 (:func:`onnxpass.images.load_image_folder`). Per output: :func:`onnxpass.verify.error_stats`,
 and for classifier-like outputs (2-D float, ``[N, C]`` with C >= 2) top-1 agreement (same
-argmax) and top-5 agreement (A's top-1 class is among B's top 5; when C >= 5).
+argmax) and top-5 agreement (A's top-1 class is among B's top 5; when C >= 5); for other float
+outputs (embeddings, maps) the min and mean cosine similarity of each sample's values.
 """
 
 from __future__ import annotations
@@ -45,14 +46,34 @@ class OutputComparison:
     stats: ErrorStats
     top1: float | None = None  # fraction of rows with the same argmax
     top5: float | None = None  # fraction of rows whose A-argmax is in B's top 5
+    cosine: tuple[float, float] | None = None  # min and mean over samples (embeddings)
 
     def line(self) -> str:
         top = "".join(f"; top-{k} agreement {v:.1%}" for k, v in ((1, self.top1), (5, self.top5))
                       if v is not None)
-        return self.stats.line() + top
+        cos = f"; cosine min {self.cosine[0]:.4f} mean {self.cosine[1]:.4f}" \
+            if self.cosine is not None and self.top1 is None else ""
+        return self.stats.line() + top + cos
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self.stats), "top1": self.top1, "top5": self.top5}
+        return {**asdict(self.stats), "top1": self.top1, "top5": self.top5,
+                "cosine_min": None if self.cosine is None else self.cosine[0],
+                "cosine_mean": None if self.cosine is None else self.cosine[1]}
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
+    """Min and mean over samples (dim 0) of the cosine similarity of A's and B's outputs, each
+    sample flattened: how a quantized embedding model agrees with the float one. None for a
+    non-float output, a shape mismatch or a sample of zeros."""
+    if a.shape != b.shape or a.dtype.kind != "f" or a.ndim < 1 or a.size == 0:
+        return None
+    x = a.reshape(a.shape[0], -1).astype(np.float64) if a.ndim > 1 else a[None].astype(np.float64)
+    y = b.reshape(x.shape).astype(np.float64)
+    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    if not np.all(np.isfinite(x)) or not np.all(np.isfinite(y)) or np.any(norms == 0):
+        return None
+    cos = np.sum(x * y, axis=1) / norms
+    return float(cos.min()), float(cos.mean())
 
 
 def topk_agreement(a: np.ndarray, b: np.ndarray, k: int) -> float | None:
@@ -113,5 +134,6 @@ def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
     for k, e in want.items():
         g = got[k]
         out.append(OutputComparison(error_stats(k, e, g, rtol, atol),
-                                    topk_agreement(e, g, 1), topk_agreement(e, g, 5)))
+                                    topk_agreement(e, g, 1), topk_agreement(e, g, 5),
+                                    cosine_similarity(e, g)))
     return out

@@ -64,3 +64,19 @@ def test_topk(k: int, expected: float) -> None:
     b = np.array([[0, 1, 2, 3, 5, 4], [5, 4, 3, 2, 1, 0]], np.float32)
     assert topk_agreement(a, b, k) == expected
     assert topk_agreement(a[0], b[0], k) is None
+
+
+def test_cosine_similarity_of_embeddings() -> None:
+    from onnxpass.compare import OutputComparison, cosine_similarity
+    from onnxpass.verify import error_stats
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 3, 8)).astype(np.float32)
+    b = a.copy()
+    b[2] = -b[2]  # one sample points the other way
+    lo, mean = cosine_similarity(a, b)  # type: ignore[misc]
+    assert lo == pytest.approx(-1.0) and mean == pytest.approx(0.5)
+    assert cosine_similarity(a, a[:, :2]) is None  # shapes differ
+    assert cosine_similarity(np.zeros((2, 3), np.float32), a[:2, 0, :3]) is None  # zero sample
+    line = OutputComparison(error_stats("e", a, b, 1e-3, 1e-3), cosine=(lo, mean)).line()
+    assert "cosine min -1.0000 mean 0.5000" in line
