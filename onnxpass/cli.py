@@ -204,17 +204,25 @@ _OPTION_FLAGS = {"pins": "--pins", "calibration": "--calibration",
                  "mean": "--calibration-mean", "std": "--calibration-std"}
 
 
-def _check_calibration(pipeline: Pipeline, graph: Graph) -> None:
+def _check_calibration(pipeline: Pipeline, graph: Graph, path: Path) -> None:
     """Read the calibration data's index (files, npz keys and shapes) against the model before
     any pass runs: a bad folder or npz is one line, before minutes of work."""
-    from onnxpass.passes.quantize import Quantize
+    from onnxpass.passes.quantize import Quantize, quantized_ops
 
     for p in pipeline.passes:
-        if isinstance(p, Quantize) and p.calibration:
-            from onnxpass.calibration import calibration_data
+        if not isinstance(p, Quantize) or p.ranges is not None:
+            continue
+        found = quantized_ops(graph.model)
+        if found:
+            raise OnnxpassError(f"{path}: {p.quantized_already(found)}")
+        if not p.calibration:
+            raise OnnxpassError(f"{p.name} needs calibration data: --calibration DIR_OR_NPZ (a "
+                                f"folder of images or an .npz of feeds), or --calibration random "
+                                f"for made-up scales")
+        from onnxpass.calibration import calibration_data
 
-            calibration_data(p.calibration, graph.model, batch_size=p.batch_size, mean=p.mean,
-                             std=p.std)
+        calibration_data(p.calibration, graph.model, batch_size=p.batch_size, mean=p.mean,
+                         std=p.std)
 
 
 def _sci(x: float) -> str:
@@ -421,7 +429,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     graph = _load(str(src))
     _check_writable(out, src, graph)  # now that the files the input reads are known
-    _check_calibration(pipeline, graph)
+    _check_calibration(pipeline, graph, src)
     load_s = time.perf_counter() - t0
     # --inputs and --dim are checked against the model before the pipeline runs
     feeds = _feeds(graph.model, args.inputs, args.seed, dims) if args.verify else None

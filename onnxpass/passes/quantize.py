@@ -199,10 +199,7 @@ class Quantize(Pass):
         if found:
             if all(n.metadata.get(MARK) for n in g.nodes if n.op_type in QDQ_OPS):
                 return 0  # this pass's own Q/DQ, from an earlier round
-            ops = ", ".join(f"{k} {op}" for op, k in sorted(found.items()))
-            raise OnnxpassError(f"{self.name}: the model is quantized already ({ops}: a QAT "
-                                f"export or another quantizer's output); run the other passes "
-                                f"without {self.name}, they keep its Q/DQ")
+            raise self.quantized_already(found)
         plan = self.plan(g)
         if not plan.sites:
             return 0
@@ -221,6 +218,13 @@ class Quantize(Pass):
                                 f"({len(missing)} tensors lack one)")
         self.apply(g, plan, amax)
         return len(plan.layers)
+
+    def quantized_already(self, found: dict[str, int]) -> OnnxpassError:
+        """The one-line refusal of a model that has Q/DQ (``found``: :func:`quantized_ops`)."""
+        ops = ", ".join(f"{k} {op}" for op, k in sorted(found.items()))
+        return OnnxpassError(f"{self.name}: the model is quantized already ({ops}: a QAT "
+                             f"export or another quantizer's output); run the other passes "
+                             f"without {self.name}, they keep its Q/DQ")
 
     def plan(self, g: Graph) -> Plan:
         """Where this pass puts Q/DQ in ``g`` (module doc), pins left out."""
