@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from onnxpass.api import rewrite
 from onnxpass.graph import Graph
 from onnxpass.passes.base import PassContext, PatternPass, parse_passes
+from onnxpass.passes.manager import parse_pipeline
 from onnxpass.patterns import Match, MatchFailure, Rule, apply_rules, explain, find_matches
 from onnxpass.plugins.base import get_plugin
 from onnxpass.testing.golden import GoldenCase
@@ -148,7 +149,7 @@ def test_explain_agrees_with_run(path: Path) -> None:
     case = GoldenCase.parse(path)
     g = Graph(onnx.parser.parse_model(case.source))
     g.refresh_types()
-    for p in parse_passes(case.passes):
+    for p in parse_pipeline(case.passes):
         matched = isinstance(p, PatternPass) and any(a.matched for a in p.explain(g))
         ctx = PassContext(g)
         count = p.run(ctx)

@@ -15,8 +15,8 @@ NVIDIA ModelOpt's ONNX quantizer agree on these):
 - **Residual Add**: where an Add sums a Conv branch (Conv, then any of BatchNormalization, bias
   Add, constant Mul, ReLU/Clip/Sigmoid/SiLU) with another tensor, the *other* input (the skip
   connection) gets Q/DQ: TensorRT then fuses the Add into the Conv's int8 epilogue. When both
-  inputs come from Conv branches, the branch nearer the graph inputs is the skip. Transformer
-  residual Adds (no Conv) stay float.
+  inputs come from Conv branches, the branch nearer the graph inputs is the skip (equally
+  deep: neither is, and the Add stays float). Transformer residual Adds (no Conv) stay float.
 - **Stays float** (float32, or float16/bfloat16 when the fp16/bf16 pass ran before this one and
   made islands of them): normalizations, Softmax, every op not listed above, plugin nodes (no
   onnxpass plugin declares int8 I/O), and pinned nodes (``pins`` file, ``keep_nodes``,
@@ -34,7 +34,11 @@ NVIDIA ModelOpt's ONNX quantizer agree on these):
   int8: scale = amax / 127, values rounded half to even and clipped to [-127, 127] (TensorRT's
   narrow range). fp8: E4M3 (float8e4m3fn), scale = amax / 448.
 - **Opset**: int8 needs 13 (per-channel DequantizeLinear), fp8 19 (float8 types), float16 or
-  bfloat16 scales 19: the pass raises the model's opset to that and says so.
+  bfloat16 scales 19: the pass raises the model's opset to that and says so. Scales are in the
+  quantized tensor's float type, so run ``fp16`` *before* this pass (``default,fp16,int8``):
+  after it, at opset < 19, the fp16 pass cannot make a DequantizeLinear float16 and leaves Cast
+  pairs between each layer and its epilogue. bfloat16 graphs cannot be calibrated here (ONNX
+  Runtime's CPU provider lacks bfloat16 arithmetic): quantize the float32 model.
 
 A model that already has Q/DQ (or QLinear*/Integer ops) is quantized already: a QAT export or
 another quantizer's output. The pass refuses it with one line; the other passes keep its Q/DQ.
@@ -159,6 +163,7 @@ class Quantize(Pass):
         self.batch_size = batch_size
         self.mean, self.std = mean, std
         self.progress = progress
+        self._wrote = False
         pins = pins or os.environ.get(PINS_ENV)
         if pins:
             self.add_pins(pins)
@@ -197,19 +202,21 @@ class Quantize(Pass):
         g = ctx.graph
         found = quantized_ops(g)
         if found:
-            if all(n.metadata.get(MARK) for n in g.nodes if n.op_type in QDQ_OPS):
-                return 0  # this pass's own Q/DQ, from an earlier round
+            if self._wrote and all(n.metadata.get(MARK) == self.target.name
+                                   for n in g.nodes if n.op_type in QDQ_OPS):
+                return 0  # this instance's own Q/DQ, from an earlier round of the pipeline
             raise self.quantized_already(found)
         plan = self.plan(g)
         if not plan.sites:
             return 0
-        need = max(self.target.opset, 19 if any(g.dtype(s.node.inputs[s.index]) != F
-                                                 for s in plan.sites) else 0)
+        reduced = any(g.dtype(s.node.inputs[s.index]) != F for s in plan.sites)
+        need = max(self.target.opset, 19 if reduced else 0)
         if g.opset() < need:
             old = g.opset()
             ctx.graph = g = convert_opset(g, need, self.label)
-            ctx.notes.append(f"{self.label}: raised the model's opset {old} -> {need} "
-                             f"(Q/DQ of {self.target.name} needs {need})")
+            why = "float16/bfloat16 scales need 19" if reduced and self.target.opset < 19 \
+                else f"Q/DQ of {self.target.name} needs {need}"
+            ctx.notes.append(f"{self.label}: raised the model's opset {old} -> {need} ({why})")
             plan = self.plan(g)
         amax = self.ranges if self.ranges is not None else self._calibrate(ctx, plan)
         missing = [t for t in plan.activations if t not in amax]
@@ -217,6 +224,7 @@ class Quantize(Pass):
             raise OnnxpassError(f"{self.name}: no calibration range for {missing[0]!r} "
                                 f"({len(missing)} tensors lack one)")
         self.apply(g, plan, amax)
+        self._wrote = True
         return len(plan.layers)
 
     def quantized_already(self, found: dict[str, int]) -> OnnxpassError:
@@ -311,6 +319,10 @@ class Quantize(Pass):
                                 f"(a folder of images or an .npz of feeds), or --calibration "
                                 f"random for made-up scales")
         g = ctx.graph
+        if any(g.dtype(v) == BF for v in plan.activations):
+            raise OnnxpassError(f"{self.name}: cannot calibrate bfloat16 tensors (ONNX Runtime's "
+                                f"CPU provider has no bfloat16 arithmetic); quantize the float32 "
+                                f"model, or run fp16 before {self.name} instead of bf16")
         model = g.to_model()  # weights left in the input file stay there (base_dir)
         data = calibration_data(self.calibration, model, batch_size=self.batch_size,
                                 mean=self.mean, std=self.std)
@@ -338,7 +350,7 @@ class Quantize(Pass):
             ftype = g.dtype(v) or F
             fdt = helper.tensor_dtype_to_np_dtype(ftype)
             a = float(amax[v])
-            scale = g.add_initializer(np.asarray(a / t.qmax if a > 0 else 1.0, fdt),
+            scale = g.add_initializer(_positive(np.asarray(a / t.qmax if a > 0 else 1.0), fdt),
                                       f"{v}_scale")
             zp = zero((), f"{v}_zero_point")
             q, dq = g.fresh_name(f"{v}_quantized"), g.fresh_name(f"{v}_dequantized")
@@ -359,7 +371,7 @@ class Quantize(Pass):
             ftype = g.dtype(v) or F
             q, s = quantize_weight(w, axis, t)
             qname = g.add_initializer(q, f"{v}_quantized")
-            scale = g.add_initializer(s.astype(helper.tensor_dtype_to_np_dtype(ftype)),
+            scale = g.add_initializer(_positive(s, helper.tensor_dtype_to_np_dtype(ftype)),
                                       f"{v}_scale")
             zp = zero(s.shape, f"{v}_zero_point")
             dq = g.fresh_name(f"{v}_dequantized")
@@ -416,6 +428,13 @@ class Fp8(Quantize):
     name = "fp8"
     summary = "Q/DQ for TensorRT fp8 E4M3 (calibrated; opset >= 19)"
     target = FP8
+
+
+def _positive(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``scale`` in ``dtype``, raised to its smallest normal number where it would round to
+    less (a float16 scale of a range below 4e-6 would be 0: QuantizeLinear divides by it)."""
+    tiny = float(ml_dtypes.finfo(dtype).smallest_normal)
+    return np.maximum(np.asarray(scale, np.float64), tiny).astype(dtype)
 
 
 def _float(g: Graph, v: str) -> bool:
