@@ -1002,3 +1002,14 @@ def _prune_opsets(model: onnx.ModelProto) -> None:
     if len(keep) != len(model.opset_import):
         del model.opset_import[:]
         model.opset_import.extend(keep)
+
+
+# Q/DQ a graph already carries (QAT exports, other quantizers) say where TensorRT runs int8/fp8:
+# passes keep every one where it is, with its values (never folded, merged or moved off its op).
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+
+
+def dequantized(g: Graph, value: str) -> bool:
+    """``value`` is a DequantizeLinear's output (a rewrite must not separate it from its op)."""
+    p = g.producer.get(value)
+    return p is not None and p.op_type == "DequantizeLinear"

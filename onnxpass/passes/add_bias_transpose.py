@@ -16,7 +16,8 @@ Forms:
 - ``plugin``: AddBiasTransposePlugin(x, bias) with ``num_heads`` and ``perm``; its local function
   is the reference.
 
-Never fires when the bias varies along B or S or broadcasts x up, x (or a 3-D a) is not 3-D,
+Never fires when the bias varies along B or S or broadcasts x up, x (or a 3-D a) is not 3-D, a
+3-D a is a DequantizeLinear's output in std form (a QAT graph: see matmul2d),
 the Reshape may move B or S (a target (S, B, H, d) has the same element count), the split of N
 is not known, or a value inside the match feeds anything else.
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.dims import UnprovenDims, proving_dims, reshape_dims, reshape_to, same
-from onnxpass.passes.matmul2d import check_bias, gemm_2d
+from onnxpass.passes.matmul2d import check_bias, check_not_dequantized, gemm_2d
 from onnxpass.passes.normalize import FLOATS
 from onnxpass.patterns import (
     Attr,
@@ -87,6 +88,8 @@ def check(m: Match[HeadSplit]) -> HeadSplit | MatchFailure:
             return MatchFailure(f"x of shape {xs} @ a weight of shape {m.shape('w')} is not a "
                                 f"2-D or 3-D GEMM")
         bad = check_bias(m, "bias", len(xs), n)
+        if bad is None and len(xs) == 3:
+            bad = check_not_dequantized(m)
     else:
         n = xs[-1] if xs is not None and len(xs) == 3 else None
         if not isinstance(n, int):

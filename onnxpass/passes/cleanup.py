@@ -7,7 +7,7 @@ from typing import Any
 
 import onnx
 
-from onnxpass.graph import RANDOM_OPS, Graph, Node, node_metadata, restore_node_metadata
+from onnxpass.graph import QDQ_OPS, RANDOM_OPS, Graph, Node, node_metadata, restore_node_metadata
 from onnxpass.modelio import read_in_place
 from onnxpass.passes.base import Pass, PassContext, PatternPass, register
 from onnxpass.passes.fold_shapes import fold_with_graphsurgeon
@@ -91,13 +91,14 @@ def _noop(name: str, pattern: Callable[..., Any]) -> Rule:
 
 
 # Dropout: random in training mode; two of them are two different masks.
-_NONDETERMINISTIC = RANDOM_OPS | {"Dropout"}
+_NOT_MERGED = RANDOM_OPS | QDQ_OPS | {"Dropout"}
 
 
 @register
 class CommonSubexpressions(Pass):
     """Computes identical nodes once. Attributes checked: all of them, byte for byte, with the
-    domain, op type and inputs; random ops and Dropout (random in training mode) never merge."""
+    domain, op type and inputs; random ops and Dropout (random in training mode) never merge, nor
+    do Q/DQ nodes (a QAT export's per-consumer quantizers stay one per consumer, as exported)."""
 
     name = "cse"
     summary = "compute identical nodes (same op, inputs and attributes) once"
@@ -107,7 +108,7 @@ class CommonSubexpressions(Pass):
         seen: dict[tuple[object, ...], Node] = {}
         count = 0
         for node in g.toposort():
-            if node.graph is not g or node.op_type in _NONDETERMINISTIC or _has_subgraph(node):
+            if node.graph is not g or node.op_type in _NOT_MERGED or _has_subgraph(node):
                 continue
             key = (node.domain, node.op_type, tuple(node.inputs), len(node.outputs),
                    tuple((k, v.SerializeToString()) for k, v in sorted(node.attrs.items())))

@@ -22,7 +22,8 @@ folded (18 s of a 20 s run on a 333 MB CLIP). This one works on the :class:`Grap
 Steps 2 and 3 repeat, with shape inference between, while they fold something. A node whose
 evaluation failed is remembered and not tried again by later rounds of the same graph; nodes that
 do not fold cost one look at their inputs. Not folded: random ops (a fixed sample), nodes with
-subgraphs, other domains, graph outputs.
+subgraphs, other domains, graph outputs, and QuantizeLinear/DequantizeLinear (``QDQ_OPS``):
+TensorRT needs the Q/DQ of a constant weight; folding them bakes the rounding into a float weight.
 
 ``fold:evaluator=reference`` evaluates step 3 with ONNX's reference implementation instead
 (bench/bench_fold.py measures both, and GraphSurgeon, and onnxscript's folder).
@@ -39,12 +40,13 @@ import onnx
 from onnx import AttributeProto, helper, numpy_helper
 
 from onnxpass.errors import OnnxpassError
-from onnxpass.graph import RANDOM_OPS, Graph, Node, shape_range, subgraph_captures
+from onnxpass.graph import QDQ_OPS, RANDOM_OPS, Graph, Node, shape_range, subgraph_captures
 from onnxpass.passes.base import Pass, PassContext, register
 
 MAX_BYTES = 16 << 20
 MAX_STEPS = 10
 RANDOM = RANDOM_OPS | {"Dropout"}  # Dropout: random in training mode
+NOT_FOLDED = RANDOM | QDQ_OPS  # Q/DQ: a QAT graph's weights stay quantized (module docstring)
 MOVES = frozenset({"Gather", "Slice", "Concat", "Squeeze", "Unsqueeze", "Reshape", "Identity"})
 SENTINEL = -(2**62)  # unknown dims are SENTINEL - k: no real shape value comes near
 _SUBGRAPH = (AttributeProto.GRAPH, AttributeProto.GRAPHS)
@@ -89,7 +91,7 @@ class FoldConstants(Pass):
 
 
 def _standard(node: Node) -> bool:
-    return node.domain == "" and node.op_type not in RANDOM and not any(
+    return node.domain == "" and node.op_type not in NOT_FOLDED and not any(
         a.type in _SUBGRAPH for a in node.attrs.values())
 
 

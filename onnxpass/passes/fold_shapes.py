@@ -28,7 +28,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxpass.graph import Node, shape_range
-from onnxpass.passes.fold import MOVES, RANDOM, SENTINEL  # the same facts as the new folder
+from onnxpass.passes.fold import MOVES, NOT_FOLDED, SENTINEL  # the same facts as the new folder
 
 MAX_PASSES = 10
 _SMALL = 1024
@@ -144,7 +144,7 @@ def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto | None:
                 fold_shape_values(model)
                 graph = gs.import_onnx(model)
                 graph.fold_constants(fold_shapes=False, error_ok=True, size_threshold=16 << 20,
-                                     should_exclude_node=lambda n: n.op in RANDOM)
+                                     should_exclude_node=lambda n: n.op in NOT_FOLDED)
                 model = gs.export_onnx(graph.cleanup(), do_type_check=False)
     except Exception:  # folding is an optimization: a model it cannot handle stays as it is
         return None

@@ -15,7 +15,10 @@ pinned, by default
 - plugin nodes whose spec lacks float16 (or at opset < 15, where reference bodies are float32-only),
   and ops whose schema does not allow float16 (an input the
   schema fixes to float32, like Resize's scales, stays float32 on its own), unknown custom ops,
-  nodes with subgraphs or with a value of unknown type.
+  nodes with subgraphs or with a value of unknown type;
+- Q/DQ a graph already carries (a QAT export) and the op each DequantizeLinear feeds (through
+  Reshape/Transpose/...): the scales stay the float32 values they were, and no Cast comes
+  between a DQ and its layer (TensorRT runs that layer in int8/fp8 from the DQ's input anyway).
 
 More pins: ``keep_ops`` (op types), ``keep_nodes`` (node names, or first output for unnamed nodes;
 ``*``, ``?`` and ``[...]`` match as in shell globs: ``/model/layers.*/attention/*``),
@@ -63,7 +66,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxpass.errors import OnnxpassError
-from onnxpass.graph import Graph, Node, subgraph_captures
+from onnxpass.graph import QDQ_OPS, Graph, Node, subgraph_captures
 from onnxpass.passes.base import Pass, PassContext, PatternPass, register, registry
 from onnxpass.passes.layernorm import layernorm_pattern
 from onnxpass.passes.pins import PINS_ENV, node_key, read_pins
@@ -193,7 +196,8 @@ class LowPrecision(Pass):
             else:
                 ins = [value(i, low if k in _half_inputs(g, n, low) else None)
                        for k, i in enumerate(ins)]
-                if n.op_type == "Cast" and n.attrs["to"].i == F:
+                # A boundary Cast back to float32 (an earlier round's) keeps its target.
+                if n.op_type == "Cast" and n.attrs["to"].i == F and not _boundary(n):
                     attrs["to"] = helper.make_attribute("to", low)
                 for o in n.outputs:
                     if o in renamed:
@@ -230,11 +234,27 @@ class LowPrecision(Pass):
                 tainted.update(n.outputs)
             elif n.op_type in _MASK_CONSUMERS and tainted.intersection(n.inputs):
                 pinned.add(id(n))  # the Softmax is inside: the whole op stays float32
+        pinned.update(id(n) for n in _quantized_layers(g, nodes))
         for n in nodes:  # a value a subgraph reads from outside stays float32
             for v in subgraph_captures(n) if n.attrs else ():
                 if v in g.producer:
                     pinned.add(id(g.producer[v]))
         return pinned
+
+
+_MOVES = frozenset({"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten"})
+
+
+def _quantized_layers(g: Graph, nodes: list[Node]) -> list[Node]:
+    """Q/DQ nodes, and what each DQ feeds up to its first computing op (module docstring)."""
+    found = [n for n in nodes if n.op_type in QDQ_OPS and n.domain in ("", "ai.onnx")]
+    stack = [o for n in found if n.op_type == "DequantizeLinear" for o in n.outputs]
+    while stack:
+        for u in g.users(stack.pop()):
+            found.append(u)
+            if u.op_type in _MOVES:
+                stack.extend(u.outputs)
+    return found
 
 
 @register

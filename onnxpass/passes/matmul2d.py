@@ -9,9 +9,10 @@ computes the same sum as MatMul then Add. The shape back is a constant when at m
 is symbolic (it becomes -1), else it is computed at run time by Shape/Slice/Concat.
 
 Never fires when W is not a constant or not 2-D (x @ activation, batched weights), x's rank is
-unknown or not 3 or 4 (a 2-D MatMul is a GEMM already), a static dim of x is 0, or x is not a
-float tensor. A bias that varies along other dims (an (S, N) positional term) stays an Add after
-the Gemm.
+unknown or not 3 or 4 (a 2-D MatMul is a GEMM already), a static dim of x is 0, x is not a
+float tensor, or x or W is a DequantizeLinear's output (a QAT graph: the Reshape would stand
+between the DQ and the GEMM TensorRT runs in int8/fp8). A bias that varies along other dims (an
+(S, N) positional term) stays an Add after the Gemm.
 
 Attributes checked: MatMul and Add have none (a Gemm's transA/transB/alpha/beta never occur
 in the match; the emitted Gemm uses the defaults, which compute x @ W + b).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxpass.graph import Graph
+from onnxpass.graph import Graph, dequantized
 from onnxpass.passes.base import PatternPass, register
 from onnxpass.passes.dims import reshape_to
 from onnxpass.passes.normalize import FLOATS
@@ -43,6 +44,8 @@ def matmul_pattern(op: PatternOps, x: PValue, w: PValue) -> PValue:
 
 
 def check_matmul(m: Match) -> MatchFailure | None:
+    if (bad := check_not_dequantized(m, ("x", "w"))) is not None:
+        return bad
     if not m.is_const("w") or m.rank("w") != 2:
         return MatchFailure("the weight is not a constant 2-D matrix")
     xs = m.shape("x")
@@ -54,6 +57,17 @@ def check_matmul(m: Match) -> MatchFailure | None:
         return MatchFailure("x and the weight are not float tensors of one type")
     if m.tag("bias") == "bias":
         return check_bias(m, "bias", len(xs), int(m.shape("w")[1]))  # type: ignore[index]
+    return None
+
+
+def check_not_dequantized(m: Match, names: tuple[str, ...] = ("x",)) -> MatchFailure | None:
+    """No input in ``names`` is a DequantizeLinear's output: rewriting the GEMM around it would
+    put a Reshape between the DQ and its GEMM (or fold a DQ'd weight), so TensorRT would no
+    longer run it quantized as exported."""
+    for name in names:
+        if dequantized(m.graph, m[name]):
+            return MatchFailure(f"{name} comes from DequantizeLinear (a Q/DQ graph): a Reshape "
+                                f"to 2-D would separate the Q/DQ from its GEMM")
     return None
 
 

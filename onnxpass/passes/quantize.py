@@ -60,15 +60,16 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxpass.errors import OnnxpassError
-from onnxpass.graph import Graph, Node, convert_opset
+from onnxpass.graph import QDQ_OPS, Graph, Node, convert_opset
 from onnxpass.passes.base import Pass, PassContext, register
 from onnxpass.passes.pins import PINS_ENV, node_key, read_pins
 
 F, H, BF = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
 I8, E4M3 = TensorProto.INT8, TensorProto.FLOAT8E4M3FN
 FLOATS = (F, H, BF)
-QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
-                     "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"})
+# What makes a model quantized already: Q/DQ, or ONNX Runtime's older integer-op format.
+QUANTIZED_OPS = QDQ_OPS | {"DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                           "ConvInteger", "MatMulInteger"}
 LAYERS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Ops TensorRT fuses into a Conv's epilogue: a path of them from a Conv is that Conv's branch.
 _CONV_EPILOGUE = frozenset({"BatchNormalization", "Relu", "Clip", "LeakyRelu", "Sigmoid",
@@ -128,7 +129,7 @@ def quantized_ops(model: onnx.ModelProto | Graph) -> dict[str, int]:
     out: dict[str, int] = {}
     for n in nodes:
         op = n.op_type  # type: ignore[attr-defined]
-        if op in QDQ_OPS:
+        if op in QUANTIZED_OPS:
             out[op] = out.get(op, 0) + 1
     return out
 
@@ -203,7 +204,7 @@ class Quantize(Pass):
         found = quantized_ops(g)
         if found:
             if self._wrote and all(n.metadata.get(MARK) == self.target.name
-                                   for n in g.nodes if n.op_type in QDQ_OPS):
+                                   for n in g.nodes if n.op_type in QUANTIZED_OPS):
                 return 0  # this instance's own Q/DQ, from an earlier round of the pipeline
             raise self.quantized_already(found)
         plan = self.plan(g)
