@@ -141,6 +141,39 @@ def test_cli_options() -> None:
         tbuild.options_from_args(bad)
 
 
+def test_calibration_options() -> None:
+    """int8/fp8 of a float graph: --calibration reaches the quantize pass; on another precision
+    it is a mistake, said before TensorRT is even imported."""
+    args = cli._parser().parse_args(["build", "m.onnx", "--precision", "fp8", "--calibration",
+                                     "photos", "--calibration-method", "entropy"])
+    o = tbuild.options_from_args(args)
+    assert (o.calibration, o.calibration_method) == ("photos", "entropy")
+    bad = cli._parser().parse_args(["build", "m.onnx", "--precision", "fp16", "--calibration",
+                                    "photos"])
+    with pytest.raises(OnnxpassError, match="only --precision int8 or fp8 calibrates"):
+        tbuild.options_from_args(bad)
+
+
+def test_quantize_spec_reaches_the_pass(tmp_path: Path) -> None:
+    """What build runs before an int8 engine: the int8 pass with the calibration data."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8))
+                                .astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 8])],
+                          [w])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), src)
+    out, labels = tbuild._rewrite(str(src), "int8", tmp_path / "m.plan.onnx",
+                                  calibration="random", method="percentile")
+    assert labels == ["int8"]
+    ops = [n.op_type for n in onnx.load(out).graph.node]
+    assert ops.count("DequantizeLinear") == 2 and ops.count("QuantizeLinear") == 1
+
+
 @pytest.mark.skipif(TRT_MISSING is None, reason="TensorRT is installed here")
 def test_without_tensorrt_build_and_engine_bench_fail_in_one_line(
         tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
