@@ -56,7 +56,6 @@ round, is a one-line error, not a graph with both types.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Sequence
 from typing import ClassVar
@@ -69,7 +68,7 @@ from onnxpass.errors import OnnxpassError
 from onnxpass.graph import QDQ_OPS, Graph, Node, subgraph_captures
 from onnxpass.passes.base import Pass, PassContext, PatternPass, register, registry
 from onnxpass.passes.layernorm import layernorm_pattern
-from onnxpass.passes.pins import PINS_ENV, node_key, read_pins
+from onnxpass.passes.pins import PINS_ENV, NodePins, read_pins
 from onnxpass.patterns import Rule
 from onnxpass.patterns.matcher import Tracer
 from onnxpass.plugins.base import DOMAIN, get_plugin
@@ -214,10 +213,8 @@ class LowPrecision(Pass):
         return sum(1 for outs in half.values() if outs)
 
     def _pinned(self, g: Graph, nodes: list[Node]) -> set[int]:
-        globs = [k for k in self.keep_nodes if any(c in k for c in "*?[")]
-        pinned = {id(n) for n in nodes if n.op_type in self.keep_ops or node_key(n) in
-                  self.keep_nodes or n.name in self.keep_nodes
-                  or any(fnmatch.fnmatchcase(n.name or node_key(n), k) for k in globs)}
+        pins = NodePins(self.keep_ops, self.keep_nodes)
+        pinned = {id(n) for n in nodes if pins(n)}
         rules = [_LAYERNORM] if self.form == "mixed" else []
         rules += [r for name in sorted(self.keep_patterns) for r in _pattern_rules(name)]
         # Every structural match is pinned, including ones the pass itself would refuse to

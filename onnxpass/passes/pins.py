@@ -7,6 +7,7 @@ them; ``onnxpass run/build --pins FILE`` (or ``ONNXPASS_FP16_PINS``) reads them.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -51,3 +52,16 @@ def read_pins(path: str | os.PathLike[str]) -> PinList:
 def node_key(n: Node) -> str:
     """How a pin list names a node: its name, or its first output when it has none."""
     return n.name or n.outputs[0]
+
+
+class NodePins:
+    """Which nodes ``keep_ops`` (op types) and ``keep_nodes`` (names, first outputs, or shell
+    globs of names) pin: the node half of a pin list, as every low-precision pass reads it."""
+
+    def __init__(self, keep_ops: set[str], keep_nodes: set[str]) -> None:
+        self.ops, self.nodes = keep_ops, keep_nodes
+        self.globs = [k for k in keep_nodes if any(c in k for c in "*?[")]
+
+    def __call__(self, n: Node) -> bool:
+        return (n.op_type in self.ops or node_key(n) in self.nodes or n.name in self.nodes
+                or any(fnmatch.fnmatchcase(n.name or node_key(n), k) for k in self.globs))

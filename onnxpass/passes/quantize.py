@@ -48,7 +48,6 @@ again in a later round of the pipeline is a no-op, not a refusal.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from onnx import TensorProto, helper
 from onnxpass.errors import OnnxpassError
 from onnxpass.graph import QDQ_OPS, Graph, Node, convert_opset
 from onnxpass.passes.base import Pass, PassContext, register
-from onnxpass.passes.pins import PINS_ENV, node_key, read_pins
+from onnxpass.passes.pins import PINS_ENV, NodePins, read_pins
 
 F, H, BF = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16
 I8, E4M3 = TensorProto.INT8, TensorProto.FLOAT8E4M3FN
@@ -239,12 +238,7 @@ class Quantize(Pass):
         """Where this pass puts Q/DQ in ``g`` (module doc), pins left out."""
         nodes = g.toposort()
         plan = Plan()
-        globs = [k for k in self.keep_nodes if any(c in k for c in "*?[")]
-
-        def pinned(n: Node) -> bool:
-            return (n.op_type in self.keep_ops or node_key(n) in self.keep_nodes
-                    or n.name in self.keep_nodes
-                    or any(fnmatch.fnmatchcase(n.name or node_key(n), k) for k in globs))
+        pinned = NodePins(self.keep_ops, self.keep_nodes)
 
         quantized: set[int] = set()
         for n in nodes:
