@@ -333,6 +333,23 @@ def test_float16_scale_of_a_tiny_range_is_not_zero() -> None:
     assert np.all(np.isfinite(y))
 
 
+def test_float16_weights_dequantize_to_themselves() -> None:
+    """A float16 weight whose per-channel scale is below float16's smallest normal (max |w|
+    5e-4: scale 3.9e-6) is quantized by the scale as stored, so DequantizeLinear gives it back
+    (a scale raised after quantizing made the weight 14x too large on a real ViT)."""
+    from onnxpass.passes.quantize import Int8
+
+    w = np.full((16, 16), 5e-4, np.float16)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2, 16])],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    x = {"x": np.ones((2, 16), np.float16)}
+    out, _ = _rewrite(model, [Int8(ranges={"x": 1.0})])
+    np.testing.assert_allclose(run(out, x)["y"].astype(np.float32), 16 * 5e-4, rtol=1e-2)
+
+
 def test_bf16_then_int8_is_refused_in_one_line() -> None:
     """bf16 then int8: ONNX Runtime's CPU provider cannot run the bfloat16 graph to calibrate
     it; one line saying what to do instead, not a failure inside the calibrator."""

@@ -364,10 +364,9 @@ class Quantize(Pass):
             w = g.const_value(v)
             assert w is not None
             ftype = g.dtype(v) or F
-            q, s = quantize_weight(w, axis, t)
+            q, s = quantize_weight(w, axis, t, helper.tensor_dtype_to_np_dtype(ftype))
             qname = g.add_initializer(q, f"{v}_quantized")
-            scale = g.add_initializer(_positive(s, helper.tensor_dtype_to_np_dtype(ftype)),
-                                      f"{v}_scale")
+            scale = g.add_initializer(s, f"{v}_scale")
             zp = zero(s.shape, f"{v}_zero_point")
             dq = g.fresh_name(f"{v}_dequantized")
             g.set_type(dq, ftype, g.shape(v))
@@ -391,24 +390,28 @@ class Quantize(Pass):
                                             doc_string=n.doc_string)], n.outputs)
 
 
-def quantize_weight(w: np.ndarray, axis: int | None, t: Target) -> tuple[np.ndarray, np.ndarray]:
-    """``w`` symmetric-quantized to ``t``: the quantized array and the scale (per ``axis``, or a
-    scalar); a channel of zeros gets scale 1."""
+def quantize_weight(w: np.ndarray, axis: int | None, t: Target,
+                    scale_dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """``w`` symmetric-quantized to ``t``: the quantized array and its scale (per ``axis``, or a
+    scalar) in ``scale_dtype``, the type the DequantizeLinear computes in; a channel of zeros
+    gets scale 1. ``w`` is divided by the scale *as stored* (a float16 scale is rounded, or
+    raised from 0 to float16's smallest subnormal), so that DequantizeLinear gives ``w`` back."""
     w64 = np.asarray(w, np.float64)
     if axis is None:
         amax = np.asarray(np.max(np.abs(w64)) if w64.size else 0.0)
-        shaped = amax
     else:
         others = tuple(k for k in range(w64.ndim) if k != axis)
         amax = np.max(np.abs(w64), axis=others) if others else np.abs(w64)
-        shaped = amax.reshape([-1 if k == axis else 1 for k in range(w64.ndim)])
-    scale = np.where(amax > 0, amax / t.qmax, 1.0)
-    scaled = w64 / np.where(shaped > 0, shaped / t.qmax, 1.0)
+    scale = _positive(np.where(amax > 0, amax / t.qmax, 1.0), scale_dtype)
+    stored = scale.astype(np.float64)
+    if axis is not None:
+        stored = stored.reshape([-1 if k == axis else 1 for k in range(w64.ndim)])
+    scaled = w64 / stored
     if t.elem_type == I8:
         q = np.clip(np.rint(scaled), -t.qmax, t.qmax).astype(np.int8)
     else:
         q = np.clip(scaled, -t.qmax, t.qmax).astype(t.dtype)
-    return q, scale.astype(np.float32)
+    return q, scale
 
 
 @register
@@ -425,10 +428,10 @@ class Fp8(Quantize):
     target = FP8
 
 
-def _positive(scale: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``scale`` in ``dtype``, raised to its smallest normal number where it would round to
-    less (a float16 scale of a range below 4e-6 would be 0: QuantizeLinear divides by it)."""
-    tiny = float(ml_dtypes.finfo(dtype).smallest_normal)
+def _positive(scale: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """``scale`` in ``dtype``, never 0 there: a value that would round to 0 (a float16 scale of a
+    range below 4e-6) becomes the type's smallest subnormal (QuantizeLinear divides by it)."""
+    tiny = float(ml_dtypes.finfo(dtype).smallest_subnormal)
     return np.maximum(np.asarray(scale, np.float64), tiny).astype(dtype)
 
 
