@@ -96,6 +96,25 @@ def test_ptx_isa_is_lowered_to_what_the_driver_loads() -> None:
     assert p.stdout.split() == ["8.4", "8.0"], p.stderr[-2000:]
 
 
+def test_aot_refuses_more_than_48k_of_shared_memory() -> None:
+    """An attention tile that needs over 48 KB of shared memory launches in Triton (its loader
+    opts in) but not as an AOT kernel: nothing public says TensorRT opts a plugin's kernel in,
+    so aot_kernel refuses it in one line instead of writing a plugin that fails at enqueue."""
+    code = ("import onnxpass.plugins.kernels.base as b\n"
+            "from triton.backends.compiler import GPUTarget\n"
+            "s = [[2, 8, 256, 128], [2, 8, 256, 128], [2, 8, 256, 128], [2, 1, 1, 256]]\n"
+            "d = ['float16'] * 4\n"
+            "try:\n"
+            "    b.aot_kernel('AttentionPlugin', s, d, {}, target=GPUTarget('cuda', 90, 32),\n"
+            "                 ptx_version=84, block_m=128, block_n=128, num_stages=3)\n"
+            "except ValueError as e:\n"
+            "    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert "an AOT plugin kernel keeps to 49152" in p.stdout, p.stdout + p.stderr[-2000:]
+
+
 def test_symbolic_plans_evaluate_to_the_concrete_ones() -> None:
     """The launch plan with a run-time batch, evaluated at several batches, is the plan for
     that batch: what TensorRT computes from the AOT kernel's symbolic launch parameters."""

@@ -73,6 +73,10 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                               "TRANSPOSE_K": PERMS[perm]}, num_warps=num_warps)
 
 
+# Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
+CONFIGS = [{"block_s": b, "num_warps": w} for b in (16, 32, 64) for w in (4, 8)]
+
+
 KERNELS = register_kernel(KernelSpec(
     plugin="AddBiasTransposePlugin",
     reference=reference,

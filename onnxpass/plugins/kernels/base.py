@@ -278,19 +278,21 @@ class AotKernel:
 
 
 def aot_kernel(plugin: str, shapes: Sequence[Sequence[Dim]], dtypes: Sequence[str],
-               attrs: dict[str, Any], target: Any = None, ptx_version: int | None = None
-               ) -> AotKernel:
+               attrs: dict[str, Any], target: Any = None, ptx_version: int | None = None,
+               **plan_options: Any) -> AotKernel:
     """Compile ``plugin``'s kernel for these input shapes (ints or symbolic dims), dtypes and
     attributes to PTX for ``target`` (a ``triton.backends.compiler.GPUTarget``; default: this
     machine's GPU). No GPU is needed when ``target`` is given. The PTX ISA version is
     ``ptx_version`` (84 for 8.4), or Triton's, lowered to what this machine's CUDA driver loads
     (Triton 3.9 writes 9.4, which a CUDA 13.0 driver refuses). Pointers are taken to be 16-byte
-    aligned, as TensorRT allocates them."""
+    aligned, as TensorRT allocates them. ``plan_options`` go to the kernel's plan (a launch
+    config other than its default, as bench/plugins.py sweeps them)."""
     from triton.compiler import ASTSource
 
     spec, k = get_plugin(plugin), _kernel(plugin)
     _check_dtypes(k, dtypes)
-    plan = k.plan(shapes, list(dtypes), spec.attr_values(attrs))  # type: ignore[misc]
+    plan = k.plan(shapes, list(dtypes), spec.attr_values(attrs),  # type: ignore[misc]
+                  **plan_options)
     ptr_dtypes = list(dtypes) + spec.output_dtypes(dtypes)
     runtime = [n for n, c in plan.kernel.params if not c]
     n_in, n_args = len(dtypes), len(plan.args)
@@ -326,10 +328,20 @@ def aot_kernel(plugin: str, shapes: Sequence[Sequence[Dim]], dtypes: Sequence[st
     md = compiled.metadata
     if getattr(md, "num_ctas", 1) != 1:
         raise ValueError(f"{md.name}: clusters of CTAs cannot be launched by TensorRT")
+    if md.shared > AOT_SHARED_LIMIT:
+        raise ValueError(f"{md.name}: needs {md.shared} bytes of shared memory; an AOT plugin "
+                         f"kernel keeps to {AOT_SHARED_LIMIT} (TensorRT is not known to opt a "
+                         f"plugin's kernel in to more: docs/plugins.md)")
     ptx = _drop_hidden_params(compiled.asm["ptx"], md.name, len(runtime))
     grid: Any = tuple(plan.grid) + (1,) * (3 - len(plan.grid))
     return AotKernel(md.name, ptx, grid, (md.num_warps * 32, 1, 1), md.shared, tuple(plan.args),
                      len(runtime))
+
+
+# The dynamic shared memory a kernel may use without cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE):
+# Triton's own loader opts in, but tensorrt.plugin's KernelLaunchParams carries only the byte
+# count, and nothing public says TensorRT opts an AOT plugin's kernel in (docs/plugins.md).
+AOT_SHARED_LIMIT = 48 * 1024
 
 
 def _this_gpu() -> Any:

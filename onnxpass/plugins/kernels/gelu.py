@@ -64,6 +64,10 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                   num_warps=num_warps, aligned=(0,) if static_factor(shapes[0]) % 16 == 0 else ())
 
 
+# Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
+CONFIGS = [{"block": b, "num_warps": w} for b in (1024, 2048, 4096, 8192) for w in (4, 8)]
+
+
 KERNELS = register_kernel(KernelSpec(
     plugin="GeluPlugin",
     reference=reference,

@@ -110,7 +110,8 @@ def l2norm_strided(x_ptr, n, inner, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr
 
 
 def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
-         rows_per_program: int | None = None, num_warps: int | None = None) -> Launch:
+         rows_per_program: int | None = None, num_warps: int | None = None,
+         block_n: int | None = None) -> Launch:
     x = shapes[0]
     axis = attrs["axis"] % len(x)
     outer, n, inner = prod(x[:axis]), x[axis], prod(x[axis + 1:])
@@ -123,7 +124,7 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     cols = static(n)
     if cols is None or cols > MAX_ROW:
         return Launch(l2norm_looped, grid=(outer,), args=(outer, n),
-                      constexprs={**c, "BLOCK_N": 2048}, num_warps=num_warps or 8)
+                      constexprs={**c, "BLOCK_N": block_n or 2048}, num_warps=num_warps or 8)
     block = next_pow2(cols)
     r = rows_per_program or max(1, 2048 // block)
     w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
@@ -135,6 +136,11 @@ def _zero_row(dtype: str, rng: np.random.Generator) -> list[np.ndarray]:
     x = rng.standard_normal((3, 5, 19)).astype(np.float64)
     x[1, 2] = 0.0
     return [x.astype(np_dtype(dtype))]
+
+
+# Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
+CONFIGS = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4) for w in (4, 8, 16)] + [
+    {"block_n": b, "num_warps": w} for b in (4096, 8192, 16384) for w in (8, 16, 32)]
 
 
 KERNELS = register_kernel(KernelSpec(

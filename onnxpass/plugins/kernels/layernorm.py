@@ -125,6 +125,10 @@ def row_plan(plugin: str, params: tuple[str, ...], rows_kernel: Any, looped_kern
                   constexprs={"EPS": eps, "BLOCK_N": block, "ROWS": r}, num_warps=w)
 
 
+# Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
+CONFIGS = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8) for w in (4, 8)]
+
+
 KERNELS = register_kernel(KernelSpec(
     plugin="LayerNormPlugin",
     reference=reference,

@@ -207,6 +207,10 @@ def _make(x_shape: tuple[int, ...], mask_shape: tuple[int, ...], mask_dtype: str
     return make
 
 
+# Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
+CONFIGS = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8) for w in (4, 8)]
+
+
 KERNELS = register_kernel(KernelSpec(
     plugin="MaskedSoftmaxPlugin",
     reference=reference,
