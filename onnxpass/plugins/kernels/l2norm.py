@@ -123,8 +123,10 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                       num_warps=num_warps or 4)
     cols = static(n)
     if cols is None or cols > MAX_ROW:
+        # one program a row, 32 warps of 16-byte loads in flight: MST++'s 31 rows of 246784
+        # (a row per SM) ran 2.6x faster than 8 warps of 2048 on the H200
         return Launch(l2norm_looped, grid=(outer,), args=(outer, n),
-                      constexprs={**c, "BLOCK_N": block_n or 2048}, num_warps=num_warps or 8)
+                      constexprs={**c, "BLOCK_N": block_n or 8192}, num_warps=num_warps or 32)
     block = next_pow2(cols)
     r = rows_per_program or max(1, 2048 // block)
     w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)

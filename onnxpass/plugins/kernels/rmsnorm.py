@@ -41,15 +41,16 @@ def reference(x: np.ndarray, gamma: np.ndarray, *, epsilon: float, axis: int
 
 @jit
 def rmsnorm_rows(x_ptr, gamma_ptr, n_rows, n_cols, y_ptr,
-                 EPS: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+                 EPS: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # N = n_cols, known when compiled
     cols = tl.arange(0, BLOCK_N)
-    col_ok = cols < n_cols
+    col_ok = cols < N
     mask = (rows < n_rows)[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * n_cols + cols[None, :]
+    offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / n_cols + EPS)
-    g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / N + EPS)
+    g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0,
+                eviction_policy="evict_last").to(tl.float32)
     y = x * rstd[:, None] * g[None, :]
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 

@@ -103,6 +103,10 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                   num_warps=num_warps)
 
 
+# Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
+CONFIGS = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8, 16) for w in (2, 4, 8)]
+
+
 KERNELS = register_kernel(KernelSpec(
     plugin="RotaryEmbeddingPlugin",
     reference=reference,
