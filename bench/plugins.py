@@ -604,6 +604,28 @@ def kernel_configs(plugin: str) -> list[dict[str, Any]]:
     return list(getattr(module, "CONFIGS", None) or [])
 
 
+def sweep_configs(g: dict[str, Any], plugin: str, planned: tuple[Any, Any, Any],
+                  make: Callable[[int], Any], rotations: int) -> None:
+    """Time each of the kernel's CONFIGS in the graph (g["configs"]) and name the fastest
+    (g["best_config"]); a config its plan does not take is skipped, one that fails recorded."""
+    shapes, dtypes, values = planned
+    g["configs"] = []
+    for cfg in kernel_configs(plugin):
+        c: dict[str, Any] = {"config": cfg}
+        try:
+            pl = get_kernel(plugin).plan(shapes, dtypes, values, **cfg)  # type: ignore[union-attr]
+        except TypeError as exc:  # the plan takes no such keyword
+            c["skipped"] = str(exc)[:200]
+        except Exception as exc:
+            c["error"] = f"{type(exc).__name__}: {exc}"[:200]
+        else:
+            _time(c, "kernel", lambda i_, o_, pl=pl: launch(pl, i_, o_), make, rotations)
+        g["configs"].append(c)
+    ok = [c for c in g["configs"] if "kernel_us" in c]
+    if ok:
+        g["best_config"] = min(ok, key=lambda c: c["kernel_us"])
+
+
 def _time(g: dict[str, Any], name: str, fn: Callable[..., Any],
           make: Callable[[int], Any], rotations: int) -> None:
     """g[name + '_us'] (and its spread), or g['errors'][name]: one failure stops nothing."""
@@ -639,26 +661,7 @@ def graph_row(plugin: str, label: str, dtype: str, ins: list[Any], y: Any, plan:
     _time(g, "kernel", lambda i_, o_: launch(plan, i_, o_),
           lambda i: (clones(i), [torch.empty_like(y)]), rot)
     if opts.configs:
-        shapes, in_dtypes, values = planned
-        g["configs"] = []
-        for cfg in kernel_configs(plugin):
-            c: dict[str, Any] = {"config": cfg}
-            try:
-                pl = get_kernel(plugin).plan(shapes, in_dtypes, values, **cfg)  # type: ignore
-            except TypeError as exc:  # the plan takes no such keyword
-                c["skipped"] = str(exc)[:200]
-                g["configs"].append(c)
-                continue
-            except Exception as exc:
-                c["error"] = f"{type(exc).__name__}: {exc}"[:200]
-                g["configs"].append(c)
-                continue
-            _time(c, "kernel", lambda i_, o_: launch(pl, i_, o_),
-                  lambda i: (clones(i), [torch.empty_like(y)]), rot)
-            g["configs"].append(c)
-        ok = [c for c in g["configs"] if "kernel_us" in c]
-        if ok:
-            g["best_config"] = min(ok, key=lambda c: c["kernel_us"])
+        sweep_configs(g, plugin, planned, lambda i: (clones(i), [torch.empty_like(y)]), rot)
     prepare, f = torch_fn(plugin, attrs)
     _time(g, "eager", f, lambda i: prepare(clones(i)), rot)
     forms = {"both": ("decomposed", "torch"), "none": ()}.get(opts.compile, (opts.compile,))
@@ -1103,25 +1106,8 @@ def attention_graph_row(ins: list[Any], y: Any, plan: Any, scale: float, masked:
     _time(g, "kernel", lambda i_, o_: launch(plan, i_, o_),
           lambda i: (clones(i), [torch.empty_like(y)]), rot)
     if opts.configs:
-        from onnxpass.plugins.kernels import attention as att
-
-        shapes, dts, values = planned
-        g["configs"] = []
-        for cfg in list(getattr(att, "CONFIGS", None) or []):
-            c: dict[str, Any] = {"config": cfg}
-            try:
-                pl = att.plan(shapes, dts, values, **cfg)
-            except TypeError as exc:
-                c["skipped"] = str(exc)[:200]
-            except Exception as exc:
-                c["error"] = f"{type(exc).__name__}: {exc}"[:200]
-            else:
-                _time(c, "kernel", lambda i_, o_: launch(pl, i_, o_),
+        sweep_configs(g, "AttentionPlugin", planned,
                       lambda i: (clones(i), [torch.empty_like(y)]), rot)
-            g["configs"].append(c)
-        ok = [c for c in g["configs"] if "kernel_us" in c]
-        if ok:
-            g["best_config"] = min(ok, key=lambda c: c["kernel_us"])
     backends = {"sdpa": None, "flash": SDPBackend.FLASH_ATTENTION,
                 "cudnn": getattr(SDPBackend, "CUDNN_ATTENTION", None),
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
