@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"{_sci(VERIFY_TOLERANCES['float32'][1] or 0)} for float32; for float16 "
                         "and bfloat16, rtol times the output's max |value|)")
     r.add_argument("--pins", "--fp16-pins", dest="pins", metavar="FILE",
-                   help="pin list for the fp16 or bf16 pass (as onnxpass debug precision writes "
-                        "it; --fp16-pins is an alias)")
+                   help="pin list for the fp16, bf16, int8 or fp8 pass (as onnxpass debug "
+                        "precision writes it; --fp16-pins is an alias)")
     _calibration_arguments(r)
     r.add_argument("--dump-dir", help="write the graph after each pass that changed it")
     r.add_argument("--no-check", action="store_true",
@@ -216,9 +216,7 @@ def _check_calibration(pipeline: Pipeline, graph: Graph, path: Path) -> None:
         if found:
             raise OnnxpassError(f"{path}: {p.quantized_already(found)}")
         if not p.calibration:
-            raise OnnxpassError(f"{p.name} needs calibration data: --calibration DIR_OR_NPZ (a "
-                                f"folder of images or an .npz of feeds), or --calibration random "
-                                f"for made-up scales")
+            raise p.no_calibration()
         from onnxpass.calibration import calibration_data
 
         calibration_data(p.calibration, graph.model, batch_size=p.batch_size, mean=p.mean,

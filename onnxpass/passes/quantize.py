@@ -234,6 +234,12 @@ class Quantize(Pass):
                              f"export or another quantizer's output); run the other passes "
                              f"without {self.name}, they keep its Q/DQ")
 
+    def no_calibration(self) -> OnnxpassError:
+        """The one-line refusal to run without calibration data (or ``ranges``)."""
+        return OnnxpassError(f"{self.name} needs calibration data: --calibration DIR_OR_NPZ (a "
+                             f"folder of images or an .npz of feeds), or --calibration random "
+                             f"for made-up scales")
+
     def plan(self, g: Graph) -> Plan:
         """Where this pass puts Q/DQ in ``g`` (module doc), pins left out."""
         nodes = g.toposort()
@@ -310,9 +316,7 @@ class Quantize(Pass):
         from onnxpass.calibration import calibrate, calibration_data
 
         if not self.calibration:
-            raise OnnxpassError(f"{self.name} needs calibration data: --calibration DIR_OR_NPZ "
-                                f"(a folder of images or an .npz of feeds), or --calibration "
-                                f"random for made-up scales")
+            raise self.no_calibration()
         g = ctx.graph
         if any(g.dtype(v) == BF for v in plan.activations):
             raise OnnxpassError(f"{self.name}: cannot calibrate bfloat16 tensors (ONNX Runtime's "
