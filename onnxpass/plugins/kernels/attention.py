@@ -89,7 +89,7 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
                   MASK: tl.constexpr, MASK_L: tl.constexpr, PRECISION: tl.constexpr,
-                  P_SPLIT: tl.constexpr):
+                  P_SPLIT: tl.constexpr, EVEN: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -106,35 +106,64 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
     m_base = m_ptr + b.to(tl.int64) * msb + h.to(tl.int64) * msh
     q = tl.load(q_base + rows[:, None] * D + dq[None, :],
                 mask=row_ok[:, None] & dq_ok[None, :], other=0.0)
-    if MASK == 1:  # a scalar
-        bias = tl.load(m_ptr).to(tl.float32)
     ninf = float("-inf")
+    LOG2E: tl.constexpr = 1.4426950408889634
+    C: tl.constexpr = SCALE * 1.4426950408889634
     m_i = tl.full([BLOCK_M], ninf, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    fold = False
+    if MASK == 1:  # a scalar
+        bias = tl.load(m_ptr).to(tl.float32)
+        # a scalar 0 (no mask): the scores stay unscaled and exp2(s c - m c) is one FMA,
+        # c = SCALE log2(e); 5-10% faster on the H200 (bench/probe_kernels.py)
+        fold = bias == 0.0
     for start in range(0, L, BLOCK_N):
         n = start + cols
         n_ok = n < L
-        k = tl.load(k_base + n[None, :] * D + dq[:, None],
-                    mask=n_ok[None, :] & dq_ok[:, None], other=0.0)
-        # natural units: the mask is added as the model adds it (finfo.min stays finite);
-        # keys past L get -inf through the mask term, not a select on the whole tile
-        s = tl.dot(q, k, input_precision=PRECISION) * SCALE
-        if MASK == 1:
-            # MASK is a constexpr: bias is bound above whenever MASK == 1
-            s += tl.where(n_ok, bias, ninf)[None, :]  # pyright: ignore[reportPossiblyUnboundVariable]
-        elif MASK == 2:  # the same for every query row (a key-padding mask): one vector
-            s += tl.load(m_base + n * MASK_L, mask=n_ok, other=ninf).to(tl.float32)[None, :]
+        if EVEN:  # BLOCK_N divides L: no key bounds
+            k = tl.load(k_base + n[None, :] * D + dq[:, None], mask=dq_ok[:, None], other=0.0)
+            v = tl.load(v_base + n[:, None] * DV + dv[None, :], mask=dv_ok[None, :], other=0.0)
         else:
-            s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
-                         mask=row_ok[:, None] & n_ok[None, :], other=ninf).to(tl.float32)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == ninf, 0.0, m_new)
-        alpha = tl.math.exp2((m_i - m_safe) * 1.4426950408889634)
-        p = tl.math.exp2((s - m_safe[:, None]) * 1.4426950408889634)
+            k = tl.load(k_base + n[None, :] * D + dq[:, None],
+                        mask=n_ok[None, :] & dq_ok[:, None], other=0.0)
+            v = tl.load(v_base + n[:, None] * DV + dv[None, :],
+                        mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
+        s = tl.dot(q, k, input_precision=PRECISION)
+        if fold:
+            if not EVEN:
+                s = tl.where(n_ok[None, :], s, ninf)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == ninf, 0.0, m_new)
+            alpha = tl.math.exp2((m_i - m_safe) * C)
+            p = tl.math.exp2(s * C - (m_safe * C)[:, None])
+        else:
+            # natural units: the mask is added as the model adds it (finfo.min stays finite);
+            # keys past L get -inf through the mask term, not a select on the whole tile
+            s = s * SCALE
+            if MASK == 1:
+                # MASK is a constexpr: bias is bound above whenever MASK == 1
+                if EVEN:
+                    s += bias  # pyright: ignore[reportPossiblyUnboundVariable]
+                else:
+                    s += tl.where(n_ok, bias, ninf)[None, :]  # pyright: ignore[reportPossiblyUnboundVariable]
+            elif MASK == 2:  # the same for every query row (a key-padding mask): one vector
+                if EVEN:
+                    s += tl.load(m_base + n * MASK_L).to(tl.float32)[None, :]
+                else:
+                    s += tl.load(m_base + n * MASK_L, mask=n_ok, other=ninf
+                                 ).to(tl.float32)[None, :]
+            elif EVEN:
+                s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
+                             mask=row_ok[:, None], other=ninf).to(tl.float32)
+            else:
+                s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
+                             mask=row_ok[:, None] & n_ok[None, :], other=ninf).to(tl.float32)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == ninf, 0.0, m_new)
+            alpha = tl.math.exp2((m_i - m_safe) * LOG2E)
+            p = tl.math.exp2((s - m_safe[:, None]) * LOG2E)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + n[:, None] * DV + dv[None, :],
-                    mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
         acc = acc * alpha[:, None]
         p_hi = p.to(v.dtype)
         if P_SPLIT:  # p = p_hi + p_lo: p v as accurate as with p in float32
@@ -167,9 +196,15 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     fp32 = dtypes[0] == "float32"
     mask_kind = (1 if all(static(x) == 1 for x in m4) else 2 if static(m4[2]) == 1 else 3)
     long = (static(S) or 0) >= 1024 and max(d, dv) <= 64 and not fp32
-    bm = block_m or 64
-    bn = block_n or (64 if long else 32)
-    stages = num_stages or (1 if fp32 else 2 if long or max(d, dv) > 64 else 3)
+    # few queries (a decoder's cross-attention: DETR's 100 x 850) split into 32-row blocks,
+    # more programs to fill the SMs: 1.6x SDPA there on the H200 where 64 rows gave 0.83x
+    short = static(S) is not None and static(S) <= 128 and not fp32
+    bm = block_m or (32 if short else 64)
+    wide = short and max(d, dv) <= 32 and mask_kind != 3  # a mask tile too: over 48 KB
+    bn = block_n or (128 if wide else 64 if long or short else 32)
+    stages = num_stages or (1 if fp32 else 3 if wide
+                            else 2 if long or short or max(d, dv) > 64 else 3)
+    even = static(L) is not None and static(L) % bn == 0
     return Launch(
         attention_fwd, grid=(cdiv(S, bm), prod([B, H])),
         args=(H, S, L, strides[0], strides[1], strides[2]),
@@ -178,8 +213,9 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                     "BLOCK_M": bm, "BLOCK_N": bn,
                     "K_GROUP": _group(H, k[1]), "V_GROUP": _group(H, v[1]),
                     "MASK": mask_kind, "MASK_L": 0 if static(m4[3]) == 1 else 1,
-                    "PRECISION": "ieee" if fp32 else "tf32", "P_SPLIT": p_split and not fp32},
-        num_warps=num_warps or (4 if bm <= 64 else 8), num_stages=stages)
+                    "PRECISION": "ieee" if fp32 else "tf32", "P_SPLIT": p_split and not fp32,
+                    "EVEN": even},
+        num_warps=num_warps or (2 if bm <= 32 else 4 if bm <= 64 else 8), num_stages=stages)
 
 
 def _group(heads: Any, kv_heads: Any) -> int:
@@ -194,12 +230,14 @@ def _group(heads: Any, kv_heads: Any) -> int:
     return h // hkv
 
 
-def _masked(kind: str) -> Any:
+def _masked(kind: str, shapes: Any = None) -> Any:
     """q, k, v from N(0, 1) and a mask of this kind (with -inf entries), in the case's shapes."""
+    shapes = shapes or CASE_SHAPES[kind]
+
     def make(dtype: str, rng: np.random.Generator) -> list[np.ndarray]:
-        (B, H, S, _), (_, _, L, _) = CASE_SHAPES[kind][:2]
+        (B, H, S, _), (_, _, L, _) = shapes[:2]
         t = np_dtype(dtype)
-        q, k, v = (rng.standard_normal(s).astype(t) for s in CASE_SHAPES[kind][:3])
+        q, k, v = (rng.standard_normal(s).astype(t) for s in shapes[:3])
         if kind in ("padding", "gqa_padding"):  # keys past each batch's length; rows in batch 1
             m = np.zeros((B, 1, S, L))
             for b in range(B):
@@ -217,6 +255,11 @@ def _masked(kind: str) -> Any:
         return [q, k, v, m.astype(t)]
     return make
 
+
+EVEN_SHAPES = {
+    "key_padding": ((2, 2, 19, 32), (2, 2, 128, 32), (2, 2, 128, 32), (2, 1, 1, 128)),
+    "bias_mqa": ((2, 3, 5, 16), (2, 1, 128, 16), (2, 1, 128, 16), (3, 5, 128)),
+}
 
 CASE_SHAPES = {
     "padding": ((2, 2, 7, 8), (2, 2, 9, 8), (2, 2, 9, 12), (2, 1, 7, 9)),
@@ -242,5 +285,13 @@ KERNELS = register_kernel(KernelSpec(
                                    np.zeros((), np_dtype(dt))]),
         *(Case(kind, s, {"scale": float(s[0][3]) ** -0.5}, make=_masked(kind))
           for kind, s in CASE_SHAPES.items()),
+        # 128 keys: a whole number of key tiles (the plan's EVEN loop, no key bounds)
+        Case("no_mask_even", ((2, 2, 9, 32), (2, 2, 128, 32), (2, 2, 128, 32), ()),
+             {"scale": 32 ** -0.5},
+             make=lambda dt, rng: [*(rng.standard_normal(s).astype(np_dtype(dt)) for s in
+                                     ((2, 2, 9, 32), (2, 2, 128, 32), (2, 2, 128, 32))),
+                                   np.zeros((), np_dtype(dt))]),
+        *(Case(f"{kind}_even", s, {"scale": float(s[0][3]) ** -0.5}, make=_masked(kind, s))
+          for kind, s in EVEN_SHAPES.items()),
     ),
 ))

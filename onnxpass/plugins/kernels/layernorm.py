@@ -3,12 +3,19 @@
 x is viewed as [rows, cols] with cols = prod(x.shape[axis:]); gamma and beta hold cols values.
 Statistics are computed in float32 whatever the input dtype (float32, float16, bfloat16):
 the mean first, then the variance as the mean of squared deviations (no E[x^2] - E[x]^2
-cancellation). The mean is x0 + mean(x - x0), x0 the row's first value, so a constant row has
-deviations of exactly 0 and gives beta, as the reference does (a float32 mean of 37 copies of
-0.1 is not 0.1, and the difference would come out multiplied by 1/sqrt(epsilon)).
+cancellation).
+
+Constant rows: ``layernorm_rows`` takes the plain float32 mean, as ONNX Runtime's and torch's
+kernels do, so a constant row of value c gives beta only to about n ulp(c) / sqrt(epsilon) (a
+float32 mean of 37 copies of 0.1 is not 0.1), the same bound the original model's ONNX function
+has. Making it exact (the deviations' own mean and mean square in one more reduction) cost
+1-11% on the H200 (bench/probe_kernels.py, variant ind_shift_joint) and made the kernel slower
+than torch.compile's, so it is not done. ``layernorm_looped`` shifts by the row's first value
+x0 (mean = x0 + mean(x - x0)): a constant row gives exactly beta there.
 
 - ``layernorm_rows`` (cols known when compiled, up to 16384): a program normalizes ROWS whole
-  rows held in registers, so x is read once and y written once.
+  rows held in registers, so x is read once and y written once. A static row count lets the
+  launch drop the row mask (ROWS divides it) and use int32 offsets.
 - ``layernorm_looped`` (cols known only at run time, or longer): a program walks one row in
   chunks, reading it three times.
 """
@@ -48,21 +55,25 @@ def reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, epsilon: fl
 @jit
 def layernorm_rows(x_ptr, gamma_ptr, beta_ptr, n_rows, n_cols, y_ptr,
                    EPS: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr,
-                   ROWS: tl.constexpr):
-    # N (= n_cols) known when compiled: row offsets and the divisions are constants, as in
-    # Inductor's kernels (a run-time n_cols cost 10-15% at ViT's 768 on the H200)
+                   ROWS: tl.constexpr, EVEN_ROWS: tl.constexpr, I64: tl.constexpr):
+    # Inductor's form (bench/probe_kernels.py timed each detail on the H200): N (= n_cols)
+    # known when compiled, no row mask when ROWS divides the rows (EVEN_ROWS), int32 offsets
+    # where the tensor allows (I64 otherwise), rsqrt, and no shift of the mean
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    mask = (rows < n_rows)[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
-    # shifted by the row's first value x0: a constant row's mean is exactly x0
-    x0 = tl.load(x_ptr + rows.to(tl.int64) * N, mask=rows < n_rows, other=0.0
-                 ).to(tl.float32)[:, None]
+    if EVEN_ROWS:
+        mask = (rows >= 0)[:, None] & col_ok[None, :]
+    else:
+        mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    if I64:
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    else:
+        offs = rows[:, None] * N + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = x0 + tl.sum(tl.where(mask, x - x0, 0.0), axis=1, keep_dims=True) / N
+    mean = tl.sum(x, axis=1, keep_dims=True) / N
     d = tl.where(mask, x - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / N + EPS)
+    rstd = tl.rsqrt(tl.sum(d * d, axis=1) / N + EPS)
     g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0,
                 eviction_policy="evict_last").to(tl.float32)
     b = tl.load(beta_ptr + cols, mask=col_ok, other=0.0,
@@ -126,8 +137,12 @@ def row_plan(plugin: str, params: tuple[str, ...], rows_kernel: Any, looped_kern
     block = next_pow2(n)
     r = rows_per_program or max(1, 2048 // block)
     w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
+    m = static(rows)  # None: a dynamic batch; the kernel then masks rows and uses int64
     return Launch(rows_kernel, grid=(cdiv(rows, r),), args=(rows, cols),
-                  constexprs={"EPS": eps, "N": n, "BLOCK_N": block, "ROWS": r}, num_warps=w)
+                  constexprs={"EPS": eps, "N": n, "BLOCK_N": block, "ROWS": r,
+                              "EVEN_ROWS": m is not None and m % r == 0,
+                              "I64": m is None or (m + r) * n >= 2**31},
+                  num_warps=w)
 
 
 # Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).

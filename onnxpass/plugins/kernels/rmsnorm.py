@@ -41,14 +41,23 @@ def reference(x: np.ndarray, gamma: np.ndarray, *, epsilon: float, axis: int
 
 @jit
 def rmsnorm_rows(x_ptr, gamma_ptr, n_rows, n_cols, y_ptr,
-                 EPS: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # N = n_cols, known when compiled
+                 EPS: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
+                 EVEN_ROWS: tl.constexpr, I64: tl.constexpr):
+    # layernorm_rows' form: N = n_cols known when compiled, no row mask when ROWS divides the
+    # rows, int32 offsets where the tensor allows, rsqrt
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
-    mask = (rows < n_rows)[:, None] & col_ok[None, :]
-    offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    if EVEN_ROWS:
+        mask = (rows >= 0)[:, None] & col_ok[None, :]
+    else:
+        mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    if I64:
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+    else:
+        offs = rows[:, None] * N + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / N + EPS)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / N + EPS)
     g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0,
                 eviction_policy="evict_last").to(tl.float32)
     y = x * rstd[:, None] * g[None, :]
