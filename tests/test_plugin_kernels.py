@@ -117,7 +117,10 @@ def test_aot_refuses_more_than_48k_of_shared_memory() -> None:
 
 def test_symbolic_plans_evaluate_to_the_concrete_ones() -> None:
     """The launch plan with a run-time batch, evaluated at several batches, is the plan for
-    that batch: what TensorRT computes from the AOT kernel's symbolic launch parameters."""
+    that batch: what TensorRT computes from the AOT kernel's symbolic launch parameters.
+    Where the rows are static, a rows kernel may take fewer rows a program (enough programs)
+    and drop its row mask and int64 offsets (SPECIALIZED); at the same rows a program the
+    plans agree, the symbolic one in the general form (row mask, int64 offsets)."""
     for plugin, shapes, attrs in [("LayerNormPlugin", [[None, 197, 768], [768], [768]], {}),
                                   ("LayerNormPlugin", [[None, 7, 37], [37], [37]], {}),
                                   ("RMSNormPlugin", [[None, 4096], [4096]], {"epsilon": 1e-6}),
@@ -135,13 +138,39 @@ def test_symbolic_plans_evaluate_to_the_concrete_ones() -> None:
         b = sym("batch")
         p = k.plan([[b] + s[1:] if s[0] is None else s for s in shapes], ["float16"] * len(shapes),
                    values)
+        same = {"rows_per_program": p.constexprs["ROWS"]} if "ROWS" in p.constexprs else {}
         for batch in (1, 2, 63, 64, 1000):
             q = k.plan([[batch] + s[1:] if s[0] is None else s for s in shapes],
-                       ["float16"] * len(shapes), values)
+                       ["float16"] * len(shapes), values, **same)
             env = {"batch": batch}
             assert [g.value(env) if hasattr(g, "value") else g for g in p.grid] == list(q.grid)
             assert [a.value(env) if hasattr(a, "value") else a for a in p.args] == list(q.args)
-            assert p.kernel is q.kernel and p.constexprs == q.constexprs
+            general = {k_: v for k_, v in p.constexprs.items() if k_ not in SPECIALIZED}
+            assert p.kernel is q.kernel and general == {
+                k_: v for k_, v in q.constexprs.items() if k_ not in SPECIALIZED}
+            if "EVEN_ROWS" in p.constexprs:
+                assert p.constexprs["EVEN_ROWS"] is False and p.constexprs["I64"] is True
+
+
+SPECIALIZED = ("EVEN_ROWS", "I64")
+
+
+def test_static_rows_specialize_the_rows_kernels() -> None:
+    """Static rows: no row mask where ROWS divides them, int32 offsets below 2^31 elements,
+    and enough programs (MobileViT stage 5's 4096 rows of 240 in 1024 programs of 4)."""
+    from onnxpass.plugins.kernels.layernorm import MIN_PROGRAMS
+
+    k = get_kernel("LayerNormPlugin")
+    values = get_plugin("LayerNormPlugin").attr_values({})
+    p = k.plan([[256, 16, 240], [240], [240]], ["float16"] * 3, values)
+    assert p.constexprs["ROWS"] == 4 and p.grid == (MIN_PROGRAMS,)
+    assert p.constexprs["EVEN_ROWS"] is True and p.constexprs["I64"] is False
+    p = k.plan([[3, 7, 37], [37], [37]], ["float16"] * 3, values)  # 21 rows: one a program
+    assert p.constexprs["ROWS"] == 1 and p.constexprs["EVEN_ROWS"] is True
+    p = k.plan([[3, 7, 37], [37], [37]], ["float16"] * 3, values, rows_per_program=4)
+    assert p.constexprs["EVEN_ROWS"] is False  # 21 rows in programs of 4: the last masked
+    p = k.plan([[1 << 22, 1024], [1024], [1024]], ["float16"] * 3, values)
+    assert p.constexprs["I64"] is True  # 2^32 elements
 
 
 def test_shape_arithmetic() -> None:

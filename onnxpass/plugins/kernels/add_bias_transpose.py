@@ -5,9 +5,7 @@ x [B, S, N] + bias [N], split into H heads of d = N / H and written as [B, H, S,
 (the function adds in x's dtype: the same rounding). N is known when compiled (it is the
 model's hidden size); B and S may be symbolic. A program takes BLOCK_S positions of one head of
 one batch: its loads are contiguous along d and its stores along d (0 2 1 3) or along S
-(0 2 3 1; Triton transposes the tile through shared memory). With S static, perm 0 2 1 3 walks
-y flat instead (``add_bias_transpose_flat``): at ViT's 197 positions, blocks of 64 positions
-left a quarter of the last block masked.
+(0 2 3 1; Triton transposes the tile through shared memory).
 """
 
 from __future__ import annotations
@@ -58,29 +56,8 @@ def add_bias_transpose_kernel(x_ptr, bias_ptr, seq, y_ptr, H: tl.constexpr, D: t
         tl.store(y_ptr + head + s[:, None] * D + j[None, :], y, mask=ok)
 
 
-@jit
-def add_bias_transpose_flat(x_ptr, bias_ptr, n, y_ptr, SEQ: tl.constexpr, H: tl.constexpr,
-                            D: tl.constexpr, BLOCK: tl.constexpr, I64: tl.constexpr):
-    """perm 0 2 1 3 with S known when compiled: one flat walk over y [B, H, S, d], BLOCK
-    elements a program (no block of positions half past S); the sizes are constants, so the
-    divisions that find x's element are shifts and multiplies."""
-    if I64:
-        o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    else:
-        o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = o < n
-    j = o % D
-    s = (o // D) % SEQ
-    h = (o // (D * SEQ)) % H
-    b = o // (D * SEQ * H)
-    x = tl.load(x_ptr + (b * SEQ + s) * (H * D) + h * D + j, mask=ok, other=0.0)
-    bias = tl.load(bias_ptr + h * D + j, mask=ok, other=0.0, eviction_policy="evict_last")
-    tl.store(y_ptr + o, (x.to(tl.float32) + bias.to(tl.float32)).to(y_ptr.dtype.element_ty),
-             mask=ok)
-
-
 def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
-         block_s: int | None = None, num_warps: int = 4, block: int | None = None) -> Launch:
+         block_s: int | None = None, num_warps: int = 4) -> Launch:
     b, s, n = shapes[0]
     perm, h = tuple(attrs["perm"]), attrs["num_heads"]
     if perm not in PERMS:
@@ -89,13 +66,6 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
         raise ValueError(f"AddBiasTransposePlugin: the hidden size must be static and a "
                          f"multiple of num_heads={h}, got {n}")
     d = static(n) // h
-    if not PERMS[perm] and static(s) is not None and block_s is None:
-        total = static(b) and static(b) * static(s) * static(n)
-        blk = block or 2048
-        return Launch(add_bias_transpose_flat, grid=(cdiv(b * s * n, blk),), args=(b * s * n,),
-                      constexprs={"SEQ": static(s), "H": h, "D": d, "BLOCK": blk,
-                                  "I64": total is None or total + blk >= 2**31},
-                      num_warps=num_warps)
     bd = next_pow2(d)
     bs = block_s or max(16, 4096 // bd)
     return Launch(add_bias_transpose_kernel, grid=(cdiv(s, bs), h, b), args=(s,),
@@ -104,8 +74,7 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
 
 
 # Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
-CONFIGS = [*({"block_s": b, "num_warps": w} for b in (16, 32, 64) for w in (4, 8)),
-           *({"block": b, "num_warps": w} for b in (1024, 2048, 4096) for w in (4, 8))]
+CONFIGS = [{"block_s": b, "num_warps": w} for b in (16, 32, 64) for w in (4, 8)]
 
 
 KERNELS = register_kernel(KernelSpec(

@@ -135,7 +135,13 @@ def aot_report(k: KernelSpec, case: Case, dtype: str, target: Any, symbolic: boo
     shapes, env = symbolic_batch(case) if symbolic else ([list(s) for s in case.shapes], {})
     dtypes = [str(a.dtype) for a in case.inputs(dtype)]  # masks keep their own dtype
     a = aot_kernel(k.plugin, shapes, dtypes, attrs, target=target)
-    jit_plan = k.plan([list(s) for s in case.shapes], dtypes, attrs)  # type: ignore[misc]
+    # a static row count may pick fewer rows a program (layernorm's MIN_PROGRAMS): compare
+    # the symbolic launch with the concrete one at the same rows a program
+    same = {}
+    if symbolic:
+        rows = k.plan(shapes, dtypes, attrs).constexprs.get("ROWS")  # type: ignore[misc]
+        same = {} if rows is None else {"rows_per_program": rows}
+    jit_plan = k.plan([list(s) for s in case.shapes], dtypes, attrs, **same)  # type: ignore[misc]
     grid = [value(g, env) for g in a.grid]
     args = [value(x, env) for x in a.args]
     return {

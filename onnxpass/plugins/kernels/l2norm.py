@@ -79,16 +79,13 @@ def l2norm_looped(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.cons
     row = tl.program_id(0).to(tl.int64) * n_cols
     cols = tl.arange(0, BLOCK_N)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    # the row stays in L2 for the second pass (evict_last), which then lets it go
     for start in range(0, n_cols, BLOCK_N):
-        x = tl.load(x_ptr + row + start + cols, mask=start + cols < n_cols, other=0.0,
-                    eviction_policy="evict_last")
+        x = tl.load(x_ptr + row + start + cols, mask=start + cols < n_cols, other=0.0)
         acc += x.to(tl.float32) * x.to(tl.float32)
     d = _denom(tl.sum(acc, axis=0), EPS, MODE)
     for start in range(0, n_cols, BLOCK_N):
         m = start + cols < n_cols
-        x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0,
-                    eviction_policy="evict_first").to(tl.float32)
+        x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(y_ptr + row + start + cols, (x / d).to(y_ptr.dtype.element_ty), mask=m)
 
 

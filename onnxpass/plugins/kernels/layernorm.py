@@ -40,6 +40,9 @@ from onnxpass.plugins.kernels.base import (
 )
 
 MAX_ROW = 16384
+# programs a launch of layernorm_rows should have at least (8 on each of an H200's 132 SMs):
+# DETR's 6800 rows of 256 ran 3.9 us in 850 programs of 8 rows, 3.6 in 1700 of 4
+MIN_PROGRAMS = 1024
 
 
 def reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, epsilon: float, axis: int
@@ -136,8 +139,13 @@ def row_plan(plugin: str, params: tuple[str, ...], rows_kernel: Any, looped_kern
                       constexprs={"EPS": eps, "BLOCK_N": 1024}, num_warps=num_warps or 4)
     block = next_pow2(n)
     r = rows_per_program or max(1, 2048 // block)
-    w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
     m = static(rows)  # None: a dynamic batch; the kernel then masks rows and uses int64
+    while rows_per_program is None and m is not None and r > 1 and cdiv(m, r) < MIN_PROGRAMS:
+        r //= 2  # fewer rows a program, enough programs to hide the loads' latency
+    # 2 warps for rows of up to 256 (MobileViT's 144 and 192: 12.4 against 14.6 us with 4 at
+    # stage 3 on the H200, bench/probe_kernels.py)
+    w = num_warps or (2 if block <= 256 else 4 if block * r <= 2048
+                      else 8 if block * r <= 8192 else 16)
     return Launch(rows_kernel, grid=(cdiv(rows, r),), args=(rows, cols),
                   constexprs={"EPS": eps, "N": n, "BLOCK_N": block, "ROWS": r,
                               "EVEN_ROWS": m is not None and m % r == 0,
@@ -146,7 +154,7 @@ def row_plan(plugin: str, params: tuple[str, ...], rows_kernel: Any, looped_kern
 
 
 # Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
-CONFIGS = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8) for w in (4, 8)]
+CONFIGS = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4, 8) for w in (2, 4, 8)]
 
 
 KERNELS = register_kernel(KernelSpec(

@@ -45,64 +45,27 @@ def reference(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, *, interleaved: i
 @jit
 def rotary_kernel(x_ptr, cos_ptr, sin_ptr, n_rows, seq, rows_per_batch, cos_batch, cos_seq,
                   y_ptr, D: tl.constexpr, HALF: tl.constexpr, INTERLEAVED: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ROWS: tl.constexpr,
-                  SEQ: tl.constexpr = 0, RPB: tl.constexpr = 0, COS_B1: tl.constexpr = -1,
-                  COS_S1: tl.constexpr = -1, CSEQ: tl.constexpr = 0,
-                  EVEN_ROWS: tl.constexpr = False,
-                  I64: tl.constexpr = True):
-    # SEQ, RPB (rows per batch): the sizes when known at compile time (0: read at run time);
-    # COS_B1 / COS_S1: whether a cache dim is 1 (-1: read at run time), CSEQ the cache's
-    # sequence length when COS_S1 is 0; EVEN_ROWS: ROWS
-    # divides the rows (no row mask); I64: offsets past int32
+                  BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ROWS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    if EVEN_ROWS:
-        row_ok = rows >= 0
-    else:
-        row_ok = rows < n_rows
-    if RPB > 0:
-        b = rows // RPB
-    else:
-        b = rows // rows_per_batch
-    if SEQ > 0:
-        s = rows % SEQ
-    else:
-        s = rows % seq
-    if COS_B1 == 1:
-        cb = b * 0
-    elif COS_B1 == 0:
-        cb = b
-    else:
-        cb = tl.where(cos_batch == 1, 0, b)
-    if COS_S1 == 1:
-        cache_row = cb * 1
-    elif COS_S1 == 0:
-        cache_row = cb * CSEQ + s
-    else:
-        cache_row = cb * cos_seq + tl.where(cos_seq == 1, 0, s)
-    if I64:
-        cache = cache_row.to(tl.int64)[:, None] * HALF
-        base = rows.to(tl.int64)[:, None] * D
-    else:
-        cache = cache_row[:, None] * HALF
-        base = rows[:, None] * D
+    row_ok = rows < n_rows
+    b = rows // rows_per_batch
+    s = rows % seq
+    cache_row = (tl.where(cos_batch == 1, 0, b) * cos_seq + tl.where(cos_seq == 1, 0, s))
+    cache = cache_row.to(tl.int64)[:, None] * HALF
     k = tl.arange(0, BLOCK_H)
     m = row_ok[:, None] & (k < HALF)[None, :]
+    base = rows.to(tl.int64)[:, None] * D
+    c = tl.load(cos_ptr + cache + k[None, :], mask=m, other=0.0).to(tl.float32)
+    sn = tl.load(sin_ptr + cache + k[None, :], mask=m, other=0.0).to(tl.float32)
     out = y_ptr.dtype.element_ty
     if INTERLEAVED:  # pairs (2k, 2k + 1): one contiguous (ROWS, BLOCK_H, 2) block, split in two
         pair = tl.arange(0, 2)
         offs = base[:, :, None] + (2 * k)[None, :, None] + pair[None, None, :]
         m2 = m[:, :, None] & (pair < 2)[None, None, :]
         x1, x2 = tl.split(tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32))
-        # cos and sin read in the x block's shape (each value twice, from L1) and split the
-        # same way: their layout is x1's, with no conversion through shared memory
-        c_offs = cache[:, :, None] + k[None, :, None] + 0 * pair[None, None, :]
-        c, _ = tl.split(tl.load(cos_ptr + c_offs, mask=m2, other=0.0).to(tl.float32))
-        sn, _ = tl.split(tl.load(sin_ptr + c_offs, mask=m2, other=0.0).to(tl.float32))
         y = tl.join(c * x1 - sn * x2, sn * x1 + c * x2)
         tl.store(y_ptr + offs, y.to(out), mask=m2)
     else:  # the two halves
-        c = tl.load(cos_ptr + cache + k[None, :], mask=m, other=0.0).to(tl.float32)
-        sn = tl.load(sin_ptr + cache + k[None, :], mask=m, other=0.0).to(tl.float32)
         x1 = tl.load(x_ptr + base + k[None, :], mask=m, other=0.0).to(tl.float32)
         x2 = tl.load(x_ptr + base + HALF + k[None, :], mask=m, other=0.0).to(tl.float32)
         tl.store(y_ptr + base + k[None, :], (c * x1 - sn * x2).to(out), mask=m)
@@ -133,18 +96,10 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     # rows per program measured best on an H200 (float16, head size 128): 1024 pairs by halves,
     # 256 interleaved (its (ROWS, BLOCK_H, 2) block is split in registers)
     r = rows_per_program or max(1, (256 if attrs["interleaved"] else 1024) // max(block_h, block_p))
-    seq, rpb, n = static(x[2]), static(prod(x[1:3])), static(rows)
-    cb, cs = static(cos[0]), static(cos[1])
     return Launch(rotary_kernel, grid=(cdiv(rows, r),),
                   args=(rows, x[2], prod(x[1:3]), cos[0], cos[1]),
                   constexprs={"D": d, "HALF": half, "INTERLEAVED": bool(attrs["interleaved"]),
-                              "BLOCK_H": block_h, "BLOCK_P": block_p, "ROWS": r,
-                              # sizes known when compiled: constants, as in Inductor's kernels
-                              "SEQ": seq or 0, "RPB": rpb or 0,
-                              "COS_B1": -1 if cb is None else int(cb == 1),
-                              "COS_S1": -1 if cs is None else int(cs == 1), "CSEQ": cs or 0,
-                              "EVEN_ROWS": n is not None and n % r == 0,
-                              "I64": n is None or (n + r) * d >= 2**31},
+                              "BLOCK_H": block_h, "BLOCK_P": block_p, "ROWS": r},
                   # 2 warps for the interleaved split: 43 us to 48 at Llama-7B's Q (H200)
                   num_warps=num_warps or (2 if attrs["interleaved"] else 4))
 
