@@ -1,10 +1,16 @@
-"""Probes: which detail of a kernel costs time against its peer (Inductor for LayerNorm, SDPA for attention).
+"""Probes: which detail of a kernel costs time against its peer, each variant timed in CUDA graphs
+over rotating buffers (bench/timing.py) in the same run as the peer. GPU only:
 
-Times variants of the LayerNorm rows kernel (flags below) in CUDA graphs over rotating buffers
-(bench/timing.py) next to torch.compile of the decomposed op, at bench/plugins.py's LayerNorm
-shapes. GPU only:
+    python bench/probe_kernels.py --out $OUT [--parts norms,attention]
 
-    python bench/probe_kernels.py --out $OUT
+- norms: variants of the LayerNorm rows kernel (VARIANTS: the shift of the mean, int32 or
+  int64 offsets, rsqrt, a static row count, no row mask) at bench/plugins.py's LayerNorm
+  shapes, against torch.compile of the decomposed op (Inductor's kernel);
+- attention: the shipped kernel's launch configs (with their shared memory) and a variant
+  kernel (FOLD: exp2(s c - m c) as one FMA on unscaled scores, valid without a mask; EVEN:
+  whole key tiles) at DETR's cross-attention and 16x8x4096x64, against SDPA's default backend.
+
+docs/plugins.md says what these measured and what the kernels took from it.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+import triton
+import triton.language as tl
 
 
 @triton.jit
@@ -236,7 +242,6 @@ def probe_attention(say, t0, parts_att=("cross", "4096"), shipped=True):
                         say(f"   variant fold{fold} even{even} ws{ws}: {best} vs SDPA "
                             f"{sd / best['us']:.3f}x")
         out.append(row)
-        del ins, y
         torch.cuda.empty_cache()
     return out
 
@@ -264,6 +269,8 @@ VARIANTS = {
     "ind_shift_load_even_dyn": dict(SHIFT=1, I64=False, RSQRT=True, NROWS=0, EVEN_ROWS=True),
     "ind_even_dyn": dict(SHIFT=0, I64=False, RSQRT=True, NROWS=0, EVEN_ROWS=True),
 }
+FULL_SWEEP = ("inductor_like", "ind_shift_load", "ind_shift_tile", "ind_shift_correct",
+              "ind_shift_load_i64", "ind_shift_load_even_dyn", "ind_even_dyn")
 CONFIGS = [(r, w) for r in (1, 2, 4, 8) for w in (2, 4, 8)]
 
 
@@ -271,7 +278,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dtypes", default="float16")
-    p.add_argument("--full-sweep", default="inductor_like,ind_shift_load,ind_shift_tile,ind_shift_correct,ind_shift_load_i64,ind_shift_load_even_dyn,ind_even_dyn")
+    p.add_argument("--full-sweep", default=",".join(FULL_SWEEP))
     p.add_argument("--variants", default="")
     p.add_argument("--parts", default="norms,attention")
     p.add_argument("--attention-cases", default="cross,4096")

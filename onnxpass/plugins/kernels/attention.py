@@ -33,8 +33,9 @@ BFLOAT16: never less precise than asked); DOUBLE has no kernel. d and dv must be
 compiled (they are constexprs), and so must H and Hkv where they differ (the head group is a
 constexpr; Hkv = 1 may go with a symbolic H); B, S and L may be symbolic. A mask dim broadcasts
 when it is a static 1; a symbolic one must equal the scores' dim at run time. Launch defaults
-come from a float16 sweep on an H100 (bench/plugins.py --attention --sweep), within 48 KB of
-shared memory.
+come from float16 sweeps on an H100 and an H200 (bench/plugins.py --configs,
+bench/probe_kernels.py), within 48 KB of shared memory: 32-row blocks for up to 128 queries
+(cross-attention), and no key bounds (EVEN) where BLOCK_N divides a static L.
 """
 
 from __future__ import annotations
