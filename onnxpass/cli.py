@@ -22,6 +22,7 @@ import onnx
 
 from onnxpass.errors import ModelLoadError, OnnxpassError
 from onnxpass.graph import Graph, check_model, load_model
+from onnxpass.targets import DEFAULT_TARGET
 from onnxpass.verify import VERIFY_TOLERANCES
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--passes", default="default",
                    help="comma-separated passes or pipelines, NAME[=FORM] (default: default)")
     r.add_argument("-o", "--output", help="output .onnx (default: MODEL.onnxpass.onnx beside it)")
+    r.add_argument("--target", metavar="trt-X.Y",
+                   help="the TensorRT the output must import: standard forms it imports, "
+                        "TensorRT's attention form or plugins where not, opsets up to its "
+                        f"highest (default: {DEFAULT_TARGET}; onnxpass list shows the table)")
     r.add_argument("--verify", action="store_true",
                    help="run original and rewritten model in ONNX Runtime and compare outputs; "
                         "remove the output if they differ")
@@ -419,7 +424,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress = None if args.quiet or args.json else (lambda msg: print(msg, file=sys.stderr))
     # unknown names and an unreadable pin list fail before anything big is read
     pipeline = _pipeline(args.passes, args.pins, _calibration_options(args),
-                         check=not args.no_check, dump_dir=args.dump_dir, progress=progress)
+                         check=not args.no_check, dump_dir=args.dump_dir, progress=progress,
+                         target=args.target)
     dims = _parse_dims(args.dim)
     _check_dump_dir(args.dump_dir)
     if args.inputs and not args.verify:
@@ -570,13 +576,16 @@ def _print_table(stats, rounds: int = 0,  # type: ignore[no-untyped-def]
 
 def cmd_list(args: argparse.Namespace) -> int:
     from onnxpass.passes.base import pipelines, registry
+    from onnxpass.targets import table as target_table
 
     passes = registry()
     if args.json:
         print(json.dumps({
             "passes": {n: {"summary": c.summary, "forms": list(c.forms),
                            "default_form": c.default_form} for n, c in sorted(passes.items())},
-            "pipelines": pipelines()}, indent=2))
+            "pipelines": pipelines(), "default_target": DEFAULT_TARGET,
+            "targets": [{"target": n, "max_opset": o, "native": v.split(", ") if v != "-" else []}
+                        for n, o, v in target_table()]}, indent=2))
         return 0
     width = max(len(n) for n in passes)
     for name, cls in sorted(passes.items()):
@@ -587,6 +596,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print()
     for name, specs in sorted(pipelines().items()):
         print(f"pipeline {name}: {','.join(specs)}")
+    print()
+    print(f"targets (--target; default {DEFAULT_TARGET}): highest opset, standard ops onnxpass "
+          f"emits that TensorRT imports natively (sources: onnxpass/targets.py)")
+    for name, opset, native in target_table():
+        print(f"  {name.ljust(9)} opset {opset:>2}  {native}")
     return 0
 
 

@@ -23,7 +23,7 @@ IMPORT_NAMES = {"onnx-graphsurgeon": "onnx_graphsurgeon", "protobuf": "google.pr
 # it to the layer of what it imports, and to the README's layout table.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"tensorrt_available", "loadcheck", "wire"},
+    {"tensorrt_available", "loadcheck", "wire", "targets"},
     {"modelio"},
     {"verify", "images", "calibration"},
     {"graph", "opset"},

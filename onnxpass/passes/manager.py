@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -29,7 +30,21 @@ from onnxpass.graph import Graph
 from onnxpass.loadcheck import check_loadable, required_ir_version
 from onnxpass.modelio import check_model, load_model, save_model, skeleton
 from onnxpass.passes import plugin_hooks
-from onnxpass.passes.base import Pass, PassContext, PatternPass, parse_passes, registry
+from onnxpass.passes.base import (
+    Pass,
+    PassContext,
+    PatternPass,
+    parse_passes,
+    pipelines,
+    registry,
+)
+from onnxpass.plugins.base import DOMAIN
+
+if TYPE_CHECKING:
+    from onnxpass.targets import Target
+
+# tensorrt.plugin (TensorRT 10.6+) is how onnxpass's plugins reach TensorRT (DESIGN: QDP)
+PLUGIN_REGISTRATION = (10, 6)
 
 DEFAULT_MAX_ROUNDS = 4
 CANONICAL = "canonical"
@@ -97,8 +112,11 @@ class PipelineResult:
 
 def parse_pipeline(spec: str | Sequence[str] | Sequence[Pass],
                    options: Mapping[str, str | None] | None = None, *,
-                   flag: str | Mapping[str, str] = "--pins") -> list[Pass]:
-    """Pass instances for ``spec``, each given its options.
+                   flag: str | Mapping[str, str] = "--pins",
+                   target: Target | None = None) -> list[Pass]:
+    """Pass instances for ``spec``, each given its options, in the forms ``target`` imports
+    (onnxpass/targets.py: a standard form it cannot import becomes TensorRT's attention form or
+    the plugin form, unless the spec names it, ``layernorm=std``: then an error).
 
     An item of ``spec`` may carry options after a colon: ``fp16:pins=FILE`` (or
     ``fp16=all:pins=FILE``) gives them to that pass. ``options`` go to every pass that takes them
@@ -121,6 +139,8 @@ def parse_pipeline(spec: str | Sequence[str] | Sequence[Pass],
                     raise OnnxpassError(f"{item.strip()}: an option is KEY=VALUE (got {opt!r})")
                 per_pass.setdefault(name.partition("=")[0].strip(), {})[key.strip()] = value
         passes = parse_passes(names)
+        if target is not None:
+            passes = _in_forms_of(passes, target, names)
     for name, opts in per_pass.items():
         for key, value in opts.items():
             _give(passes, key, value, lambda p, n=name: p.name == n, f"{name}:{key}={value}")
@@ -129,6 +149,22 @@ def parse_pipeline(spec: str | Sequence[str] | Sequence[Pass],
             where = flag.get(key, f"--{key}") if isinstance(flag, Mapping) else flag
             _give(passes, key, value, lambda p: True, where)
     return passes
+
+
+def _in_forms_of(passes: list[Pass], target: Target, names: Sequence[str]) -> list[Pass]:
+    """``passes`` with each standard form ``target`` cannot import replaced (targets.form_for);
+    a form named in ``names`` (the user's spec, not a pipeline's) is explicit."""
+    from onnxpass.targets import form_for
+
+    plines = pipelines()
+    explicit = {n.partition("=")[0].strip() for n in names
+                if "=" in n and n.partition("=")[0].strip() not in plines}
+    out = []
+    for p in passes:
+        std = getattr(p, "required_opset", {}).get("std", 0)
+        form = form_for(p.name, p.forms, p.form, std, target, p.name in explicit)
+        out.append(p if form == p.form else type(p)(form))
+    return out
 
 
 # Who takes an option given to the whole pipeline, for the error when none of them runs.
@@ -193,8 +229,12 @@ class Pipeline:
                  flag: str | Mapping[str, str] = "--pins",
                  check: bool = True, max_rounds: int = DEFAULT_MAX_ROUNDS,
                  dump_dir: str | os.PathLike[str] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
-        self.passes = parse_pipeline(spec, options, flag=flag)
+                 progress: Callable[[str], None] | None = None,
+                 target: str | Target | None = None) -> None:
+        from onnxpass.targets import Target, parse_target
+
+        self.target = target if isinstance(target, Target) else parse_target(target)
+        self.passes = parse_pipeline(spec, options, flag=flag, target=self.target)
         self.manager = PassManager(self.passes, check=check, max_rounds=max_rounds,
                                    dump_dir=dump_dir, progress=progress)
 
@@ -203,7 +243,43 @@ class Pipeline:
         return [p.label for p in self.passes]
 
     def run(self, graph: Graph) -> PipelineResult:
-        return self.manager.run(graph)
+        before = {n.op_type for n in graph.nodes if n.domain == ""}
+        opset = graph.opset()
+        result = self.manager.run(graph)
+        self._check_target(result, before, opset)
+        return result
+
+    def _check_target(self, result: PipelineResult, before: set[str], opset: int) -> None:
+        """The output imports at the target: no opset raised past its highest, no standard op
+        it does not import that the passes put there (one the input had is a note)."""
+        from onnxpass.targets import unsupported_ops
+
+        t = self.target
+        if t.note:
+            result.notes.append(f"--target {t.name}: {t.note}")
+        g = result.graph
+        if g.opset() > max(opset, t.max_opset):
+            raise OnnxpassError(f"the passes raised the model's opset to {g.opset()}; TensorRT "
+                                f"{t.name[4:]} imports opsets up to {t.max_opset} (--target "
+                                f"{t.name})")
+        ops = {n.op_type for n in g.nodes if n.domain == ""}
+        bad = unsupported_ops(ops, t, set())
+        new = [op for op in bad if op not in before]
+        if new:
+            raise OnnxpassError(f"the passes emitted {', '.join(new)}, which TensorRT "
+                                f"{t.name[4:]} does not import (--target {t.name})")
+        if bad:
+            result.notes.append(f"--target {t.name}: the input already has "
+                                f"{', '.join(bad)}, which TensorRT {t.name[4:]} does not import")
+        if opset > t.max_opset:
+            result.notes.append(f"--target {t.name}: the input is at opset {opset}, over the "
+                                f"{t.max_opset} TensorRT {t.name[4:]} imports")
+        plugins = sorted({n.op_type for n in g.nodes if n.domain == DOMAIN})
+        if plugins and t.version < PLUGIN_REGISTRATION:
+            result.notes.append(
+                f"--target {t.name}: the plugin nodes ({', '.join(plugins)}) need a plugin "
+                f"library on TensorRT {t.name[4:]}: onnxpass registers its plugins through "
+                f"tensorrt.plugin (TensorRT 10.6+, AOT 10.9+)")
 
     def rewrite(self, model: onnx.ModelProto, base_dir: str = ""
                 ) -> tuple[onnx.ModelProto, PipelineResult]:

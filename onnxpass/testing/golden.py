@@ -3,6 +3,7 @@
 A ``.golden`` file reads top to bottom::
 
     # passes: layernorm=plugin
+    # target: trt-8.6        (optional: the TensorRT whose import the forms fit)
     # Any other comment lines describe the case.
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[2,8] x) => (float[2,8] y) { ... }
@@ -56,6 +57,7 @@ class GoldenCase:
     header: str
     rtol: float = 1e-5
     atol: float = 1e-6
+    target: str | None = None  # '# target: trt-8.6': the TensorRT the forms fit
 
     @classmethod
     def parse(cls, path: str | Path) -> GoldenCase:
@@ -68,14 +70,16 @@ class GoldenCase:
         header_lines = list(itertools.takewhile(lambda ln: ln.startswith("#"), lines))
         body_start = len(header_lines)
         directives = {m.group(1): m.group(2).strip() for m in
-                      (re.match(r"#\s*(passes|rtol|atol):(.*)", ln) for ln in header_lines) if m}
+                      (re.match(r"#\s*(passes|rtol|atol|target):(.*)", ln) for ln in header_lines)
+                      if m}
         if "passes" not in directives:
             raise GoldenMismatch(f"{path}: no '# passes:' line")
         first, _, rest = tail.partition("\n")
         expected = None if first.strip() == UNCHANGED else rest.strip("\n")
         return cls(path, directives["passes"], "\n".join(lines[body_start:]), expected,
                    "\n".join(header_lines),
-                   float(directives.get("rtol", 1e-5)), float(directives.get("atol", 1e-6)))
+                   float(directives.get("rtol", 1e-5)), float(directives.get("atol", 1e-6)),
+                   directives.get("target"))
 
     def run(self) -> tuple[onnx.ModelProto, onnx.ModelProto]:
         """Parse the input, run the passes; returns (input, output)."""
@@ -83,7 +87,7 @@ class GoldenCase:
         onnx.checker.check_model(original)
         work = onnx.ModelProto()
         work.CopyFrom(original)
-        out, _ = rewrite(work, self.passes)
+        out, _ = rewrite(work, self.passes, target=self.target)
         return original, out
 
     def write(self, actual_text: str | None) -> None:

@@ -62,6 +62,7 @@ class BuildOptions:
     fp16_pins: str | None = None  # pin list for the fp16 pass (onnxpass debug precision)
     calibration: str | None = None  # int8/fp8 on a float graph: data for the quantize pass
     calibration_method: str | None = None
+    target: str | None = None  # trt-X.Y the rewrite's forms fit (default: this TensorRT)
 
 
 @dataclass
@@ -247,16 +248,18 @@ def rewritten_path(engine: str | Path) -> Path:
 
 
 def _rewrite(model_path: str, spec: str, out: Path, pins: str | None = None,
-             calibration: str | None = None, method: str | None = None
-             ) -> tuple[str, list[str]]:
+             calibration: str | None = None, method: str | None = None,
+             target: str | None = None) -> tuple[str, list[str]]:
     """Run passes (``spec`` as for ``onnxpass run --passes``, the low-precision pass with the pin
     list ``pins``, the quantize pass with ``calibration`` data and ``method``); returns the
-    written model's path and the passes' labels."""
+    written model's path and the passes' labels. ``target``: the TensorRT (trt-X.Y) whose
+    import the passes' forms fit (onnxpass/targets.py)."""
     from onnxpass.passes.manager import Pipeline
 
     pipeline = Pipeline(spec, {"pins": pins, "calibration": calibration, "method": method},
                         flag={"pins": "--pins (use --strongly-typed, or fp16 in --passes)",
-                              "calibration": "--calibration", "method": "--calibration-method"})
+                              "calibration": "--calibration", "method": "--calibration-method"},
+                        target=target)
     pipeline.rewrite_file(model_path, out)
     return str(out), pipeline.labels
 
@@ -318,7 +321,8 @@ def build(model_path: str, engine_path: str, opts: BuildOptions,
     src, passes_run = model_path, []
     if spec:  # the rewritten model is kept beside the engine: it is what the engine runs
         src, passes_run = _rewrite(model_path, spec, rewritten_path(engine_path), opts.fp16_pins,
-                                   opts.calibration, opts.calibration_method)
+                                   opts.calibration, opts.calibration_method,
+                                   opts.target or f"trt-{trt.__version__}")
         log(f"rewrote the model with {','.join(passes_run)} -> {src}")
     plugins = _register_plugins(load_model(src) if spec else model, opts) if opts.plugins else []
     serialized = _build_engine(src, plan, profile, opts, bool(plugins))
@@ -423,17 +427,23 @@ def options_from_args(args: Any) -> BuildOptions:
         from onnxpass.passes.pins import read_pins
 
         read_pins(args.fp16_pins)
-    if args.passes:
-        from onnxpass.passes.base import parse_passes
+    if args.target:
+        from onnxpass.targets import parse_target
 
-        parse_passes(args.passes)
+        parse_target(args.target)
+    if args.passes:
+        from onnxpass.passes.manager import parse_pipeline
+        from onnxpass.targets import parse_target
+
+        parse_pipeline(args.passes, target=parse_target(args.target) if args.target else None)
     return BuildOptions(
         precision=args.precision, shapes=list(args.shapes),
         workspace=parse_size(args.workspace) if args.workspace else None,
         pools=parse_pools(args.pool), timing_cache=args.timing_cache, opt_level=args.opt_level,
         passes=args.passes, plugins=not args.no_plugins, aot=not args.jit,
         strongly_typed=args.strongly_typed, fp16_pins=args.fp16_pins,
-        calibration=args.calibration, calibration_method=args.calibration_method)
+        calibration=args.calibration, calibration_method=args.calibration_method,
+        target=args.target)
 
 
 def add_arguments(p: Any) -> None:
@@ -451,6 +461,9 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--timing-cache", metavar="FILE", help="read (if present) and update this cache")
     p.add_argument("--opt-level", type=int, help="builder optimization level 0-5 (default 3)")
     p.add_argument("--passes", help="rewrite with these passes first (as onnxpass run --passes)")
+    p.add_argument("--target", metavar="trt-X.Y",
+                   help="the TensorRT whose ONNX import --passes' forms fit (default: the "
+                        "installed TensorRT's version)")
     p.add_argument("--pins", "--fp16-pins", dest="fp16_pins", metavar="FILE",
                    help="nodes the fp16 or bf16 pass keeps float32 (onnxpass debug precision "
                         "writes it; --fp16-pins is an alias)")

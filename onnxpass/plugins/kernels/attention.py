@@ -108,7 +108,7 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
     q = tl.load(q_base + rows[:, None] * D + dq[None, :],
                 mask=row_ok[:, None] & dq_ok[None, :], other=0.0)
     ninf = float("-inf")
-    LOG2E: tl.constexpr = 1.4426950408889634
+    LOG2E = 1.4426950408889634
     m_i = tl.full([BLOCK_M], ninf, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
@@ -185,13 +185,14 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     long = (static(S) or 0) >= 1024 and max(d, dv) <= 64 and not fp32
     # few queries (a decoder's cross-attention: DETR's 100 x 850) split into 32-row blocks,
     # more programs to fill the SMs: 1.6x SDPA there on the H200 where 64 rows gave 0.83x
-    short = static(S) is not None and static(S) <= 128 and not fp32
+    s_static, l_static = static(S), static(L)
+    short = s_static is not None and s_static <= 128 and not fp32
     bm = block_m or (32 if short else 64)
     wide = short and max(d, dv) <= 32 and mask_kind != 3  # a mask tile too: over 48 KB
     bn = block_n or (128 if wide else 64 if long or short else 32)
     stages = num_stages or (1 if fp32 else 3 if wide
                             else 2 if long or short or max(d, dv) > 64 else 3)
-    even = static(L) is not None and static(L) % bn == 0
+    even = l_static is not None and l_static % bn == 0
     return Launch(
         attention_fwd, grid=(cdiv(S, bm), prod([B, H])),
         args=(H, S, L, strides[0], strides[1], strides[2]),
