@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--passes", default="default",
                    help="comma-separated passes or pipelines, NAME[=FORM] (default: default)")
     r.add_argument("-o", "--output", help="output .onnx (default: MODEL.onnxpass.onnx beside it)")
+    r.add_argument("--load", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="import a Python file or module that registers passes (e.g. a "
+                        "GraphSurgeon function, onnxpass/passes/graphsurgeon.py) first")
     r.add_argument("--target", metavar="trt-X.Y",
                    help="the TensorRT the output must import: standard forms it imports, "
                         "TensorRT's attention form or plugins where not, opsets up to its "
@@ -99,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("match", help="show where passes match, and with --explain why not")
     m.add_argument("model")
     m.add_argument("--passes", required=True)
+    m.add_argument("--load", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="import a Python file or module that registers passes first")
     m.add_argument("--explain", action="store_true",
                    help="list every place a pass was tried, how far it got and why it stopped")
     m.add_argument("--json", action="store_true")
@@ -422,6 +427,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else _default_output(src)
     _check_writable(out, src)
     progress = None if args.quiet or args.json else (lambda msg: print(msg, file=sys.stderr))
+    _load_passes(args.load)
     # unknown names and an unreadable pin list fail before anything big is read
     pipeline = _pipeline(args.passes, args.pins, _calibration_options(args),
                          check=not args.no_check, dump_dir=args.dump_dir, progress=progress,
@@ -626,11 +632,21 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_passes(sources: list[str]) -> None:
+    """--load: import each file or module that registers passes (one-line errors)."""
+    if sources:
+        from onnxpass.passes.graphsurgeon import load_passes
+
+        for s in sources:
+            load_passes(s)
+
+
 def _match_report(args: argparse.Namespace) -> list[dict[str, object]]:
     """Where the passes match (and with --explain, where and why they stop)."""
     from onnxpass.passes.base import PatternPass
     from onnxpass.passes.manager import first_pass_view
 
+    _load_passes(args.load)
     passes = _parse_passes(args.passes)
     # what `run` hands the first pass: dead code dropped, types inferred, canonical forms
     graph = first_pass_view(_load(args.model), passes)

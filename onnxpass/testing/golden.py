@@ -4,6 +4,7 @@ A ``.golden`` file reads top to bottom::
 
     # passes: layernorm=plugin
     # target: trt-8.6        (optional: the TensorRT whose import the forms fit)
+    # load: my_passes.py     (optional: a file or module that registers the passes)
     # Any other comment lines describe the case.
     <ir_version: 8, opset_import: ["" : 17]>
     g (float[2,8] x) => (float[2,8] y) { ... }
@@ -58,6 +59,7 @@ class GoldenCase:
     rtol: float = 1e-5
     atol: float = 1e-6
     target: str | None = None  # '# target: trt-8.6': the TensorRT the forms fit
+    load: str | None = None  # '# load: examples/gs_layernorm.py': registers the passes first
 
     @classmethod
     def parse(cls, path: str | Path) -> GoldenCase:
@@ -70,7 +72,8 @@ class GoldenCase:
         header_lines = list(itertools.takewhile(lambda ln: ln.startswith("#"), lines))
         body_start = len(header_lines)
         directives = {m.group(1): m.group(2).strip() for m in
-                      (re.match(r"#\s*(passes|rtol|atol|target):(.*)", ln) for ln in header_lines)
+                      (re.match(r"#\s*(passes|rtol|atol|target|load):(.*)", ln)
+                       for ln in header_lines)
                       if m}
         if "passes" not in directives:
             raise GoldenMismatch(f"{path}: no '# passes:' line")
@@ -79,10 +82,16 @@ class GoldenCase:
         return cls(path, directives["passes"], "\n".join(lines[body_start:]), expected,
                    "\n".join(header_lines),
                    float(directives.get("rtol", 1e-5)), float(directives.get("atol", 1e-6)),
-                   directives.get("target"))
+                   directives.get("target"), directives.get("load"))
 
     def run(self) -> tuple[onnx.ModelProto, onnx.ModelProto]:
         """Parse the input, run the passes; returns (input, output)."""
+        if self.load:  # relative to the repository (the golden's parent folders) or absolute
+            from onnxpass.passes.graphsurgeon import load_passes
+
+            root = next((p for p in self.path.resolve().parents if (p / self.load).exists()),
+                        None)
+            load_passes(str(root / self.load) if root else self.load)
         original = onnx.parser.parse_model(self.source)
         onnx.checker.check_model(original)
         work = onnx.ModelProto()
