@@ -138,8 +138,8 @@ def graphsurgeon_pass(name: str, summary: str | None = None
             "name": name, "summary": summary or (doc[0] if doc else f"GraphSurgeon: {name}"),
             "fn": staticmethod(fn), "__module__": fn.__module__})
         existing = registry().get(name)
-        if existing is not None and getattr(existing, "fn", None) is not None \
-                and existing.fn.__qualname__ == fn.__qualname__:
+        old_fn = getattr(existing, "fn", None)
+        if existing is not None and old_fn is not None and old_fn.__qualname__ == fn.__qualname__:
             return existing  # type: ignore[return-value]  # the same file loaded again
         return register(cls)  # type: ignore[return-value]
     return wrap
@@ -151,11 +151,9 @@ def plugin_attrs(plugin: str, **attrs: Any) -> dict[str, Any]:
     ``gs.Node(op="LayerNormPlugin", domain="onnxpass", attrs=plugin_attrs("LayerNormPlugin",
     epsilon=1e-5), ...)``."""
     spec = get_plugin(plugin)
-    protos = spec.node_attributes(spec.attr_values(attrs))
-    items = protos.items() if isinstance(protos, dict) else ((a.name, a) for a in protos)
     out = {}
-    for k, a in items:
-        v = helper.get_attribute_value(a) if isinstance(a, onnx.AttributeProto) else a
+    for k, a in spec.node_attributes(spec.attr_values(attrs)).items():
+        v = helper.get_attribute_value(a)
         out[k] = v.decode() if isinstance(v, bytes) else v
     return out
 

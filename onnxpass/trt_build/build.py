@@ -296,28 +296,11 @@ def build(model_path: str, engine_path: str, opts: BuildOptions,
     model = load_model(model_path)
     profile = profile_for(model, opts.shapes)
     plan = precision_plan(opts.precision, trt_major(trt.__version__), opts.strongly_typed)
-    quantize = None
-    if plan.needs_qdq and has_qdq(model):
-        if opts.calibration:
-            raise OnnxpassError(f"--calibration {opts.calibration}: {model_path} has Q/DQ nodes "
-                                f"already (quantized); build it without --calibration")
-    elif plan.needs_qdq:
-        if not opts.calibration:
-            raise OnnxpassError(f"{opts.precision} needs a Q/DQ graph (QuantizeLinear/"
-                                f"DequantizeLinear nodes): give --calibration DIR_OR_NPZ to "
-                                f"quantize {model_path} first (or --calibration random)")
-        quantize = opts.precision
     gpu, cc = _gpu()
     if opts.precision == "fp8" and cc is not None and cc < (8, 9):
         raise OnnxpassError(f"fp8 needs compute capability 8.9 or newer; {gpu} has "
                             f"{cc[0]}.{cc[1]}")
-    spec = _graph_pass_spec(plan, opts.passes)
-    if quantize:
-        spec = f"{spec},{quantize}" if spec else quantize
-    if opts.fp16_pins and not spec:
-        raise OnnxpassError(f"--fp16-pins {opts.fp16_pins}: no fp16 pass runs in this build "
-                            f"(TensorRT {trt.__version__} {opts.precision} uses builder flags); "
-                            f"add --strongly-typed")
+    spec = _rewrite_spec(model, model_path, opts, plan, trt.__version__)
     src, passes_run = model_path, []
     if spec:  # the rewritten model is kept beside the engine: it is what the engine runs
         src, passes_run = _rewrite(model_path, spec, rewritten_path(engine_path), opts.fp16_pins,
@@ -334,6 +317,124 @@ def build(model_path: str, engine_path: str, opts: BuildOptions,
         seconds=time.perf_counter() - t0, gpu=gpu)
     record_path(engine_path).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _rewrite_spec(model: onnx.ModelProto, model_path: str, opts: BuildOptions,
+                  plan: PrecisionPlan, trt_version: str) -> str | None:
+    """The passes a build runs before TensorRT sees the model: ``--passes``, the graph pass the
+    precision needs (fp16 on a strongly typed build) and the quantize pass where int8/fp8 meet
+    a float model with ``--calibration``; None when the model goes in as it is."""
+    quantize = None
+    if plan.needs_qdq and has_qdq(model):
+        if opts.calibration:
+            raise OnnxpassError(f"--calibration {opts.calibration}: {model_path} has Q/DQ nodes "
+                                f"already (quantized); build it without --calibration")
+    elif plan.needs_qdq:
+        if not opts.calibration:
+            raise OnnxpassError(f"{opts.precision} needs a Q/DQ graph (QuantizeLinear/"
+                                f"DequantizeLinear nodes): give --calibration DIR_OR_NPZ to "
+                                f"quantize {model_path} first (or --calibration random)")
+        quantize = opts.precision
+    spec = _graph_pass_spec(plan, opts.passes)
+    if quantize:
+        spec = f"{spec},{quantize}" if spec else quantize
+    if opts.fp16_pins and not spec:
+        raise OnnxpassError(f"--fp16-pins {opts.fp16_pins}: no fp16 pass runs in this build "
+                            f"(TensorRT {trt_version} {opts.precision} uses builder flags); "
+                            f"add --strongly-typed")
+    return spec
+
+
+def dry_run(model_path: str, engine_path: str, opts: BuildOptions,
+            log: Any = print) -> dict[str, Any]:
+    """``onnxpass build --dry-run``: everything a build does before TensorRT, for the TensorRT
+    of ``opts.target`` (default onnxpass.targets.DEFAULT_TARGET), without TensorRT. Writes the
+    model TensorRT should build (ENGINE.onnx when passes run) and ENGINE.plugins.json (the
+    plugins it needs), and returns the equivalent trtexec command line in ``"trtexec"``."""
+    from onnxpass.graph import load_model
+    from onnxpass.targets import DEFAULT_TARGET, parse_target
+
+    target = parse_target(opts.target or DEFAULT_TARGET)
+    if target.note:
+        log(f"--target {target.name}: {target.note}")
+    major = target.version[0]
+    model = load_model(model_path)
+    profile = profile_for(model, opts.shapes)
+    plan = precision_plan(opts.precision, major, opts.strongly_typed)
+    spec = _rewrite_spec(model, model_path, opts, plan, target.name[4:])
+    src, passes_run = model_path, []
+    if spec:
+        src, passes_run = _rewrite(model_path, spec, rewritten_path(engine_path), opts.fp16_pins,
+                                   opts.calibration, opts.calibration_method, target.name)
+        log(f"rewrote the model with {','.join(passes_run)} -> {src}")
+    plugins = plugin_info(load_model(src) if spec else model, opts.aot) if opts.plugins else []
+    info = None
+    if plugins:
+        info = plugins_path(engine_path)
+        info.write_text(json.dumps({"target": target.name, "plugins": plugins}, indent=2) + "\n")
+    cmd = trtexec_command(src, engine_path, opts, plan, profile, target.version)
+    return {"target": target.name, "onnx": src, "passes": passes_run, "plugins": plugins,
+            "plugins_json": str(info) if info else None, "trtexec": cmd}
+
+
+def plugins_path(engine: str | Path) -> Path:
+    return Path(str(engine) + ".plugins.json")
+
+
+def plugin_info(model: onnx.ModelProto, aot: bool) -> list[dict[str, Any]]:
+    """The onnxpass plugins ``model`` needs, as a build registers them: name, namespace, version,
+    the node count and the input dtypes each is used with, and whether its kernel goes into the
+    engine as AOT PTX (no Python when the engine runs) or runs through Python (JIT)."""
+    from onnxpass.plugins.base import DOMAIN, NAMESPACE, get_plugin
+    from onnxpass.plugins.kernels import get_kernel
+
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    out: dict[str, dict[str, Any]] = {}
+    for n in model.graph.node:
+        if n.domain != DOMAIN:
+            continue
+        spec = get_plugin(n.op_type)
+        e = out.setdefault(n.op_type, {
+            "plugin": f"{NAMESPACE}::{n.op_type}", "version": spec.version, "nodes": 0,
+            "input_dtypes": [],
+            "kernel": "aot" if aot and get_kernel(n.op_type) is not None else "jit"})
+        e["nodes"] += 1
+        dts = [onnx.helper.tensor_dtype_to_np_dtype(types[i]).name if types.get(i) else "?"
+               for i in n.input]
+        if dts not in e["input_dtypes"]:
+            e["input_dtypes"].append(dts)
+    return list(out.values())
+
+
+def trtexec_command(onnx_path: str, engine_path: str, opts: BuildOptions, plan: PrecisionPlan,
+                    profile: Profile, version: tuple[int, int]) -> list[str]:
+    """The trtexec invocation that builds what ``onnxpass build`` would on TensorRT
+    ``version``: 11 has no precision flags (always strongly typed); 10 takes --stronglyTyped or
+    --fp16/--bf16/--int8 and --memPoolSize; 8.x --workspace (MiB)."""
+    cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    major = version[0]
+    if major < 11:
+        if plan.strongly_typed:
+            cmd.append("--stronglyTyped")
+        cmd += [f"--{f.lower()}" for f in plan.set_flags if f != "TF32"]
+        if "TF32" in plan.clear_flags:
+            cmd.append("--noTF32")
+    for key, idx in (("minShapes", 1), ("optShapes", 2), ("maxShapes", 3)):
+        if profile:
+            cmd.append(f"--{key}=" + ",".join(
+                f"{p[0]}:{'x'.join(str(d) for d in p[idx])}" for p in profile))
+    if opts.workspace:
+        mib = max(1, opts.workspace >> 20)
+        cmd.append(f"--memPoolSize=workspace:{mib}M" if major >= 10 else f"--workspace={mib}")
+    for name, size in opts.pools.items():
+        cmd.append(f"--memPoolSize={name.lower()}:{max(1, size >> 20)}M")
+    if opts.timing_cache:
+        cmd.append(f"--timingCacheFile={opts.timing_cache}")
+    if opts.opt_level is not None:
+        cmd.append(f"--builderOptimizationLevel={opts.opt_level}")
+    return cmd
 
 
 def _register_plugins(model: onnx.ModelProto, opts: BuildOptions) -> list[str]:
@@ -406,11 +507,29 @@ def main_build(args: Any) -> int:
         raise OnnxpassError(f"{src}: no such model file")
     out = Path(args.output) if args.output else src.with_suffix(".plan")
     opts = options_from_args(args)
+    if getattr(args, "dry_run", False):
+        return _main_dry_run(str(src), str(out), opts)
     import_tensorrt()  # the one-line error before reading anything big
     record = build(str(src), str(out), opts, log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {out} ({record['precision']['requested']}, "
           f"{'strongly typed' if record['precision']['strongly_typed'] else 'builder flags'}, "
           f"{record['build_seconds']:.1f} s) and {record_path(out)}")
+    return 0
+
+
+def _main_dry_run(src: str, out: str, opts: BuildOptions) -> int:
+    import shlex
+
+    r = dry_run(src, out, opts, log=lambda m: print(m, file=sys.stderr))
+    for p in r["plugins"]:
+        print(f"plugin {p['plugin']} v{p['version']}: {p['nodes']} node(s), {p['kernel']} kernel",
+              file=sys.stderr)
+    if r["plugins"]:
+        print(f"wrote {r['plugins_json']}: trtexec cannot register onnxpass's plugins "
+              f"(tensorrt.plugin, Python); build with `onnxpass build` on that machine, or load "
+              f"a plugin library of yours with --dynamicPlugins", file=sys.stderr)
+    print(f"TensorRT {r['target'][4:]}:", file=sys.stderr)
+    print(shlex.join(r["trtexec"]))
     return 0
 
 
@@ -463,7 +582,10 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--passes", help="rewrite with these passes first (as onnxpass run --passes)")
     p.add_argument("--target", metavar="trt-X.Y",
                    help="the TensorRT whose ONNX import --passes' forms fit (default: the "
-                        "installed TensorRT's version)")
+                        "installed TensorRT's version; with --dry-run, trt-10.15)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="no TensorRT: write the model TensorRT should build and the plugins it "
+                        "needs (ENGINE.plugins.json), print the equivalent trtexec command")
     p.add_argument("--pins", "--fp16-pins", dest="fp16_pins", metavar="FILE",
                    help="nodes the fp16 or bf16 pass keeps float32 (onnxpass debug precision "
                         "writes it; --fp16-pins is an alias)")
