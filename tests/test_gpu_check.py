@@ -84,7 +84,8 @@ def test_attention_p_split_meets_the_default_float16_tolerance() -> None:
 
 def test_attention_plan_with_a_symbolic_batch_and_sequence() -> None:
     """TensorRT's dynamic batch and sequence: grid and int32 arguments evaluate to the plan for
-    the concrete shapes (a key-padding mask: strides B and L symbolic)."""
+    the concrete shapes at the same tiles (a key-padding mask: strides B and L symbolic; a
+    static sequence may pick other tiles: 32-row blocks up to 128 queries, no key bounds)."""
     from onnxpass.plugins import get_plugin
     from onnxpass.plugins.kernels import get_kernel
     from onnxpass.plugins.kernels.check import sym
@@ -94,8 +95,16 @@ def test_attention_plan_with_a_symbolic_batch_and_sequence() -> None:
     p = k.plan([[b, 12, s, 64], [b, 12, s, 64], [b, 12, s, 64], [b, 1, 1, s]],
                ["float16"] * 4, values)
     for batch, seq in ((2, 197), (8, 128), (3, 1000)):
-        q = k.plan([[batch, 12, seq, 64]] * 3 + [[batch, 1, 1, seq]], ["float16"] * 4, values)
+        same = {"block_m": p.constexprs["BLOCK_M"], "block_n": p.constexprs["BLOCK_N"],
+                "num_warps": p.num_warps, "num_stages": p.num_stages}
+        q = k.plan([[batch, 12, seq, 64]] * 3 + [[batch, 1, 1, seq]], ["float16"] * 4, values,
+                   **same)
         env = {"b": batch, "s": seq}
         assert [g.value(env) if hasattr(g, "value") else g for g in p.grid] == list(q.grid)
         assert [a.value(env) if hasattr(a, "value") else a for a in p.args] == list(q.args)
         assert p.kernel is q.kernel and p.constexprs["MASK"] == q.constexprs["MASK"] == 2
+        assert p.constexprs["EVEN"] is False  # L unknown: the key bounds stay
+    short = k.plan([[8, 8, 100, 32], [8, 8, 850, 32], [8, 8, 850, 32], [8, 1, 1, 850]],
+                   ["float16"] * 4, values)  # DETR's cross-attention: 32-row blocks
+    assert (short.constexprs["BLOCK_M"], short.constexprs["BLOCK_N"], short.num_warps) == \
+        (32, 128, 2)
