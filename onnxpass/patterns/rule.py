@@ -380,6 +380,19 @@ def _try_at(graph: Graph, rule: Rule, node: Node, max_opset: int | None, pass_na
     return Found(rule, node, failure=tracer.best)
 
 
+# Node metadata on every node a rewrite makes: the input model's nodes it stands for, comma
+# separated (a replaced node that a pass made itself counts as the nodes it stood for).
+REPLACED = "onnxpass.replaced"
+
+
+def _replaced_names(nodes: Sequence[Node]) -> str:
+    names: set[str] = set()
+    for n in nodes:
+        earlier = n.metadata.get(REPLACED)
+        names.update(earlier.split(",") if earlier else [n.name])
+    return ",".join(sorted(x for x in names if x))
+
+
 def apply_rules(graph: Graph, rules: Sequence[Rule], pass_name: str,
                 on_rewrite: Callable[[Rule, Match[Any]], None] | None = None) -> int:
     """Apply ``rules`` until none matches, revisiting only nodes near each rewrite.
@@ -405,6 +418,9 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], pass_name: str,
             continue
         match, op = found.match, found.op
         new_outputs = op.commit(found.new_outputs)
+        replaced = _replaced_names(match.nodes)
+        for n in op.nodes:
+            n.metadata[REPLACED] = replaced
         graph.replace(match.nodes, match.outputs, op.nodes, new_outputs)
         count += 1
         if count > limit:
