@@ -105,7 +105,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--load", action="append", default=[], metavar="FILE_OR_MODULE",
                    help="import a Python file or module that registers passes first")
     m.add_argument("--explain", action="store_true",
-                   help="list every place a pass was tried, how far it got and why it stopped")
+                   help="also the places a pass was tried without a match, furthest first, "
+                        "why each stopped, and a summary per rule")
+    m.add_argument("--top", type=int, metavar="N",
+                   help="with --explain: the N near misses that got furthest (default: all)")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_match)
 
@@ -613,23 +616,59 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_match(args: argparse.Namespace) -> int:
     with _stdout_to_stderr():
         report = _match_report(args)
+    matches = [e for e in report if e["matched"]]
+    misses = sorted((e for e in report if not e["matched"]),
+                    key=lambda e: (-_progress(e), str(e["pass"]), str(e["node"])))
+    top = misses if args.top is None else misses[:max(0, args.top)]
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({"matches": matches, "near_misses": top,
+                          "summary": _match_summary(matches, misses)}, indent=2))
         return 0
-    for e in report:
-        head = f"{e['pass']}/{e['rule']} at {e['op']} {e['node']!r}:"
-        if e["matched"]:
-            need, have = e["opset"], e["model_opset"]
-            raise_to = (f"; raises the opset to {need}" if isinstance(need, int)
-                        and isinstance(have, int) and need > have else "")
-            print(f"{head} matched ({e['ops_matched']} ops){raise_to}")
-        else:
+    for e in matches:
+        need, have = e["opset"], e["model_opset"]
+        raise_to = (f"; raises the opset to {need}" if isinstance(need, int)
+                    and isinstance(have, int) and need > have else "")
+        print(f"{e['pass']}/{e['rule']}: {e['ops_matched']} ops ending at {e['op']} "
+              f"{e['node']!r}{raise_to}")
+    if args.explain:
+        if top:
+            print(f"\nnear misses, furthest first ({len(top)} of {len(misses)}; --top N):")
+        for e in top:
             at = f" at {e['stopped_at']!r}" if e["stopped_at"] else ""
-            print(f"{head} stopped after {e['ops_matched']}/{e['pattern_ops']} ops{at}: "
-                  f"{e['reason']}")
+            print(f"{e['pass']}/{e['rule']} at {e['op']} {e['node']!r}: stopped after "
+                  f"{e['ops_matched']}/{e['pattern_ops']} ops{at}: {e['reason']}")
+        print()
+        for r in _match_summary(matches, misses):
+            furthest = (f"; furthest miss {r['furthest']}/{r['pattern_ops']} ops: {r['why']}"
+                        if r["misses"] else "")
+            print(f"{r['pass']}/{r['rule']}: {r['matches']} match(es), {r['misses']} "
+                  f"place(s) tried without one{furthest}")
     if not report:
         print("no matches" if not args.explain else "no place to try these passes")
+    elif not matches and not args.explain:
+        print("no matches (--explain says why)")
     return 0
+
+
+def _progress(e: dict[str, Any]) -> float:
+    return int(e["ops_matched"]) / max(1, int(e["pattern_ops"]))
+
+
+def _match_summary(matches: list[dict[str, Any]], misses: list[dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """Per pass and rule: matched instances, places tried without a match, the furthest miss."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in [*matches, *misses]:
+        r = rows.setdefault((e["pass"], e["rule"]), {
+            "pass": e["pass"], "rule": e["rule"], "matches": 0, "misses": 0, "furthest": -1,
+            "pattern_ops": e["pattern_ops"], "why": ""})
+        if e["matched"]:
+            r["matches"] += 1
+        else:
+            r["misses"] += 1
+            if int(e["ops_matched"]) > r["furthest"]:
+                r["furthest"], r["why"] = int(e["ops_matched"]), e["reason"]
+    return list(rows.values())
 
 
 def _load_passes(sources: list[str]) -> None:
@@ -641,7 +680,7 @@ def _load_passes(sources: list[str]) -> None:
             load_passes(s)
 
 
-def _match_report(args: argparse.Namespace) -> list[dict[str, object]]:
+def _match_report(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Where the passes match (and with --explain, where and why they stop)."""
     from onnxpass.passes.base import PatternPass
     from onnxpass.passes.manager import first_pass_view
@@ -654,17 +693,35 @@ def _match_report(args: argparse.Namespace) -> list[dict[str, object]]:
     for p in passes:
         if not isinstance(p, PatternPass):
             continue
-        for a in p.explain(graph):  # the opset decision `run` makes, and its refusals
-            if not args.explain and not a.matched:
+        attempts = p.explain(graph)  # the opset decision `run` makes, and its refusals
+        # one entry per instance: a match inside a bigger one of the same pass is that one (a
+        # LayerNorm matches at its Div, Mul and last Add: the Add's 9 ops are the instance)
+        seen: list[set[int]] = []
+        for a in sorted((a for a in attempts if a.matched), key=lambda a: -a.depth):
+            ids = {id(n) for n in a.nodes}
+            if any(ids <= s for s in seen):
                 continue
-            where = a.node.name or a.node.outputs[0]
-            report.append({"pass": p.label, "rule": a.rule, "node": where,
-                           "model_opset": graph.opset(),
-                           "op": a.node.op_type, "matched": a.matched, "ops_matched": a.depth,
-                           "pattern_ops": a.size, "reason": a.reason, "opset": a.opset,
-                           "stopped_at": (a.at.name or a.at.outputs[0]) if a.at is not None
-                           else None})
+            seen.append(ids)
+            report.append(_attempt_entry(p.label, a, graph.opset()))
+        if args.explain:  # a root inside a match is not a near miss
+            covered = set().union(*seen) if seen else set()
+            report += [_attempt_entry(p.label, a, graph.opset()) for a in attempts
+                       if not a.matched and id(a.node) not in covered]
     return report
+
+
+def _attempt_entry(label: str, a: Any, model_opset: int) -> dict[str, Any]:
+    def name(n: Any) -> str:
+        return n.name or n.outputs[0]
+
+    e: dict[str, Any] = {
+        "pass": label, "rule": a.rule, "node": name(a.node), "model_opset": model_opset,
+        "op": a.node.op_type, "matched": a.matched, "ops_matched": a.depth,
+        "pattern_ops": a.size, "reason": a.reason, "opset": a.opset,
+        "stopped_at": name(a.at) if a.at is not None else None}
+    if a.matched:
+        e["nodes"] = [name(n) for n in a.nodes]
+    return e
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

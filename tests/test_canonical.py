@@ -189,7 +189,7 @@ def test_match_explains_what_run_sees(tmp_path: Path, capsys: pytest.CaptureFixt
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     assert main(["match", "--passes", "attention", "--explain", str(path)]) == 0
-    assert "attention=std/attention at MatMul 'y': matched" in capsys.readouterr().out
+    assert "attention=std/attention: 4 ops ending at MatMul 'y'" in capsys.readouterr().out
     out = _fuse(model, "attention")
     assert [n.op_type for n in out.graph.node] == ["Attention"]
     assert _count(_fuse(model, "attention", canonical=False), "Attention") == 0

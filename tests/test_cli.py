@@ -63,10 +63,20 @@ def test_list_and_match_explain(model: Path, capsys) -> None:  # type: ignore[no
     assert main(["list"]) == 0
     listing = capsys.readouterr().out
     assert "layernorm" in listing and "std*" in listing and "pipeline default:" in listing
-    assert main(["match", "--passes", "layernorm", str(model), "--explain"]) == 0
+    assert main(["match", "--passes", "layernorm", str(model), "--explain", "--top", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert sum("matched" in ln and "stopped" not in ln for ln in lines) >= 5
-    assert any("stopped after" in ln and "expected" in ln for ln in lines)
+    # one line per LayerNorm (not one per root inside it), its 9 ops
+    assert sum("layernorm: 9 ops ending at Add" in ln for ln in lines) == 5
+    misses = [ln for ln in lines if "stopped after" in ln]
+    assert len(misses) == 3 and all("expected" in ln for ln in misses)
+    depth = [int(ln.split("stopped after ")[1].split("/")[0]) for ln in misses]
+    assert depth == sorted(depth, reverse=True)  # furthest first
+    assert any(ln.startswith("layernorm=std/layernorm: 5 match(es), ") and "furthest miss" in ln
+               for ln in lines)
+    assert main(["match", "--passes", "layernorm", str(model), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["matches"]) == 5 and len(report["matches"][0]["nodes"]) == 9
+    assert any(n.endswith("ReduceMean") for n in report["matches"][0]["nodes"])
 
 
 def _bad(args: list[str], capsys) -> str:  # type: ignore[no-untyped-def]

@@ -453,6 +453,7 @@ class Attempt:
     reason: str
     at: Node | None
     opset: int = 0
+    nodes: tuple[Node, ...] = ()  # a match's nodes
 
 
 def explain(graph: Graph, rules: Sequence[Rule], *, max_opset: int = NEWEST_OPSET
@@ -466,7 +467,7 @@ def explain(graph: Graph, rules: Sequence[Rule], *, max_opset: int = NEWEST_OPSE
             need = f.op.opset if f.op.opset > graph.opset() else 0
             note = f"the pass raises the opset to {need}" if need else ""
             attempts.append(Attempt(f.rule.name, f.node, True, len(f.match.nodes), f.rule.size,
-                                    note, None, need))
+                                    note, None, need, tuple(f.match.nodes)))
         else:
             best = f.failure if f.failure is not None else MatchFailure("no attempt", -1)
             attempts.append(Attempt(f.rule.name, f.node, False, min(best.depth, f.rule.size),
