@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                         "precision writes it; --fp16-pins is an alias)")
     _calibration_arguments(r)
     r.add_argument("--dump-dir", help="write the graph after each pass that changed it")
+    r.add_argument("--report", metavar="HTML",
+                   help="write a self-contained HTML page: the summary, every rewrite with the "
+                        "nodes it replaced, before/after drawings, near misses, op counts")
     r.add_argument("--no-check", action="store_true",
                    help="skip onnx.checker after each pass (shape inference still runs)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -451,10 +454,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         check_dims(graph.model, dims)
     t1 = time.perf_counter()
-    with _stdout_to_stderr(), warnings.catch_warnings():
-        if not args.verbose:  # third-party warnings are noise in onnxpass's summary
-            warnings.simplefilter("ignore")
-        result = pipeline.run(graph)
+    from onnxpass.patterns import rule as rule_module
+
+    rule_module.REWRITE_LOG = [] if args.report else None  # what --report draws
+    try:
+        with _stdout_to_stderr(), warnings.catch_warnings():
+            if not args.verbose:  # third-party warnings are noise in onnxpass's summary
+                warnings.simplefilter("ignore")
+            result = pipeline.run(graph)
+        rewrite_log = rule_module.REWRITE_LOG or []
+    finally:
+        rule_module.REWRITE_LOG = None
     t2 = time.perf_counter()
     pass_s = t2 - t1
     result.save(out)
@@ -486,12 +496,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in verify_lines:
             print(f"verify {line}")
         print(f"wrote {out}")
+    if args.report:
+        _write_report(args, src, out, pipeline, result, summary, verify_failed, rewrite_log)
+        if not args.json:
+            print(f"wrote {args.report}")
     if verify_failed:
         print(f"onnxpass: error: {out}: outputs differ from {src} beyond {verify_failed}; "
               "output removed", file=sys.stderr)
         _remove_output(out)
         return EXIT_VERIFY_FAILED
     return 0
+
+
+def _write_report(args: argparse.Namespace, src: Path, out: Path, pipeline: Pipeline,
+                  result: Any, summary: dict[str, Any], verify_failed: str | None,
+                  log: list[Any]) -> None:
+    """--report: the HTML page of onnxpass/report.py, from the run's result, the input and
+    output as written, and the pattern passes' near misses on the input (as match shows them)."""
+    from onnxpass.passes.base import PatternPass
+    from onnxpass.passes.manager import first_pass_view
+    from onnxpass.report import write_report
+
+    near: list[dict[str, Any]] = []
+    with _stdout_to_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        view = first_pass_view(_load(str(src)), pipeline.passes)
+        for p in pipeline.passes:
+            if isinstance(p, PatternPass) and p.name != "canonical":  # canonical: no fusion
+                attempts = p.explain(view)
+                inside = {id(n) for a in attempts if a.matched for n in a.nodes}
+                near += [_attempt_entry(p.label, a, view.opset()) for a in attempts
+                         if not a.matched and id(a.node) not in inside]
+    near.sort(key=lambda m: (tuple(-x for x in _progress(m)), str(m["pass"]), str(m["node"])))
+    write_report(
+        args.report, source=str(src), output=str(out),
+        before=onnx.load(str(src), load_external_data=False),
+        after=onnx.load(str(out), load_external_data=False), stats=result.stats,
+        notes=result.notes, passes=pipeline.labels, rounds=result.rounds,
+        seconds={k.replace("_seconds", ""): v for k, v in summary.items()
+                 if k.endswith("_seconds")},
+        verify=summary["verify"] if args.verify else None, verify_ok=verify_failed is None,
+        near_misses=near[:50], log=log)
 
 
 def _verify(src: Path, out: Path, feeds: dict[str, np.ndarray], args: argparse.Namespace
@@ -618,7 +663,8 @@ def cmd_match(args: argparse.Namespace) -> int:
         report = _match_report(args)
     matches = [e for e in report if e["matched"]]
     misses = sorted((e for e in report if not e["matched"]),
-                    key=lambda e: (-_progress(e), str(e["pass"]), str(e["node"])))
+                    key=lambda e: (tuple(-x for x in _progress(e)), str(e["pass"]),
+                                   str(e["node"])))
     top = misses if args.top is None else misses[:max(0, args.top)]
     if args.json:
         print(json.dumps({"matches": matches, "near_misses": top,
@@ -650,8 +696,9 @@ def cmd_match(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(e: dict[str, Any]) -> float:
-    return int(e["ops_matched"]) / max(1, int(e["pattern_ops"]))
+def _progress(e: dict[str, Any]) -> tuple[int, float]:
+    """How far an attempt got: pattern ops matched, then the share of the pattern."""
+    return int(e["ops_matched"]), int(e["ops_matched"]) / max(1, int(e["pattern_ops"]))
 
 
 def _match_summary(matches: list[dict[str, Any]], misses: list[dict[str, Any]]

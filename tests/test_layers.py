@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"plugins"},  # specs and kernels: what a plugin node is, below the rules that emit one
     {"patterns"},
     {"passes"},
-    {"trt_build", "compare"},
+    {"trt_build", "compare", "report"},
     {"api"},
     {"debug_precision"},
     {"testing"},

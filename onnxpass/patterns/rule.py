@@ -384,6 +384,10 @@ def _try_at(graph: Graph, rule: Rule, node: Node, max_opset: int | None, pass_na
 # separated (a replaced node that a pass made itself counts as the nodes it stood for).
 REPLACED = "onnxpass.replaced"
 
+# Set to a list to record every rewrite as (pass, rule, matched nodes, made nodes) as protos
+# (onnxpass run --report draws them); None: nothing is recorded.
+REWRITE_LOG: list[tuple[str, str, list[Any], list[Any]]] | None = None
+
 
 def _replaced_names(nodes: Sequence[Node]) -> str:
     names: set[str] = set()
@@ -421,6 +425,10 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], pass_name: str,
         replaced = _replaced_names(match.nodes)
         for n in op.nodes:
             n.metadata[REPLACED] = replaced
+        if REWRITE_LOG is not None:  # --report: each rewrite as it happened
+            REWRITE_LOG.append((pass_name, found.rule.name,
+                                [m.to_proto() for m in match.nodes],
+                                [m.to_proto() for m in op.nodes]))
         graph.replace(match.nodes, match.outputs, op.nodes, new_outputs)
         count += 1
         if count > limit:
