@@ -31,6 +31,7 @@ from onnxpass.plugins.kernels.base import (
     KernelSpec,
     Launch,
     cdiv,
+    helper,
     jit,
     next_pow2,
     prod,
@@ -55,13 +56,11 @@ def reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, epsilon: fl
     return (y.astype(x.dtype),)
 
 
-@jit
-def layernorm_rows(x_ptr, gamma_ptr, beta_ptr, n_rows, n_cols, y_ptr,
-                   EPS: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr,
-                   ROWS: tl.constexpr, EVEN_ROWS: tl.constexpr, I64: tl.constexpr):
-    # Inductor's form (bench/probe_kernels.py timed each detail on the H200): N (= n_cols)
-    # known when compiled, no row mask when ROWS divides the rows (EVEN_ROWS), int32 offsets
-    # where the tensor allows (I64 otherwise), rsqrt, and no shift of the mean
+@helper
+def row_tile(n_rows, N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
+             EVEN_ROWS: tl.constexpr, I64: tl.constexpr):
+    """The (ROWS, BLOCK_N) tile of this program's rows: columns, their mask, the tile's mask
+    (no row mask when ROWS divides the rows) and element offsets (int32 where they fit)."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
     col_ok = cols < N
@@ -73,6 +72,17 @@ def layernorm_rows(x_ptr, gamma_ptr, beta_ptr, n_rows, n_cols, y_ptr,
         offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
     else:
         offs = rows[:, None] * N + cols[None, :]
+    return cols, col_ok, mask, offs
+
+
+@jit
+def layernorm_rows(x_ptr, gamma_ptr, beta_ptr, n_rows, n_cols, y_ptr,
+                   EPS: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr,
+                   ROWS: tl.constexpr, EVEN_ROWS: tl.constexpr, I64: tl.constexpr):
+    # Inductor's form (bench/probe_kernels.py timed each detail on the H200): N (= n_cols)
+    # known when compiled, no row mask when ROWS divides the rows (EVEN_ROWS), int32 offsets
+    # where the tensor allows (I64 otherwise), rsqrt, and no shift of the mean
+    cols, col_ok, mask, offs = row_tile(n_rows, N, BLOCK_N, ROWS, EVEN_ROWS, I64)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1, keep_dims=True) / N
     d = tl.where(mask, x - mean, 0.0)

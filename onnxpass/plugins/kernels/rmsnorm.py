@@ -27,7 +27,7 @@ from onnxpass.plugins.kernels.base import (
     register_kernel,
     tl,
 )
-from onnxpass.plugins.kernels.layernorm import row_plan  # the launch plan: LayerNorm's
+from onnxpass.plugins.kernels.layernorm import row_plan, row_tile  # the launch plan: LayerNorm's
 
 
 def reference(x: np.ndarray, gamma: np.ndarray, *, epsilon: float, axis: int
@@ -45,17 +45,7 @@ def rmsnorm_rows(x_ptr, gamma_ptr, n_rows, n_cols, y_ptr,
                  EVEN_ROWS: tl.constexpr, I64: tl.constexpr):
     # layernorm_rows' form: N = n_cols known when compiled, no row mask when ROWS divides the
     # rows, int32 offsets where the tensor allows, rsqrt
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    if EVEN_ROWS:
-        mask = (rows >= 0)[:, None] & col_ok[None, :]
-    else:
-        mask = (rows < n_rows)[:, None] & col_ok[None, :]
-    if I64:
-        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
-    else:
-        offs = rows[:, None] * N + cols[None, :]
+    cols, col_ok, mask, offs = row_tile(n_rows, N, BLOCK_N, ROWS, EVEN_ROWS, I64)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / N + EPS)
     g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0,
