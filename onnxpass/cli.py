@@ -445,6 +445,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     graph = _load(str(src))
     _check_writable(out, src, graph)  # now that the files the input reads are known
+    if args.report:  # the page never replaces the input, a file it reads, or the output
+        _check_report(Path(args.report), src, out, graph)
     _check_calibration(pipeline, graph, src)
     load_s = time.perf_counter() - t0
     # --inputs and --dim are checked against the model before the pipeline runs
@@ -581,6 +583,19 @@ def _check_writable(out: Path, src: Path, graph: Graph | None = None) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise OnnxpassError(f"{out}: cannot write: {parent} is not a writable directory")
+
+
+def _check_report(report: Path, src: Path, out: Path, graph: Graph) -> None:
+    """--report's path, refused before any work like -o's, and never the output model."""
+    if report.is_dir():
+        raise OnnxpassError(f"--report {report}: is a directory; --report takes the HTML "
+                            "file's path")
+    if report.resolve() == out.resolve():
+        raise OnnxpassError(f"--report {report}: is the output model's path (-o)")
+    try:
+        _check_writable(report, src, graph)
+    except OnnxpassError as e:
+        raise OnnxpassError(f"--report {e}") from None
 
 
 def _remove_output(out: Path) -> None:

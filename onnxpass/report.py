@@ -270,6 +270,7 @@ def write_report(path: str | Path, *, source: str, output: str, before: onnx.Mod
                "document.querySelectorAll('.pair svg')).filter(s => {const r = "
                "s.getBoundingClientRect(); return r.width > 0 && r.height > 0;}).length;"
                "</script></body></html>")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(path) + ".tmp")
     tmp.write_text("\n".join(out))
     tmp.replace(path)

@@ -86,3 +86,15 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     assert not engine.with_name("vit.plan.onnx").exists()
     p, _ = _dry(tmp_path, "--precision", "int8")
     assert p.returncode == 2 and "give --calibration" in p.stderr
+
+
+def test_the_rewritten_model_never_replaces_the_input(tmp_path: Path) -> None:
+    """-o m beside m.onnx: the build writes its model to ENGINE.onnx, here the input's path."""
+    src = tmp_path / "m.onnx"
+    src.write_bytes(VIT.read_bytes())
+    before = src.read_bytes()
+    p = subprocess.run([sys.executable, "-m", "onnxpass.cli", "build", str(src), "--dry-run",
+                        "--passes", "default", "-o", str(tmp_path / "m"), *SHAPES],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "output would overwrite the input model" in p.stderr, p.stderr
+    assert p.stderr.strip().count("\n") == 0 and src.read_bytes() == before

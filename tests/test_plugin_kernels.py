@@ -90,10 +90,16 @@ def test_ptx_isa_is_lowered_to_what_the_driver_loads() -> None:
             "    a = b.aot_kernel('GeluPlugin', [[4, 8]], ['float16'], {}, target=t,\n"
             "                     ptx_version=v)\n"
             "    print(a.ptx.split('.version ')[1][:3])\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    p = _compiled(code)
     assert p.stdout.split() == ["8.4", "8.0"], p.stderr[-2000:]
+
+
+def _compiled(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh Python with Triton compiling (TRITON_INTERPRET unset: it decides
+    when Triton is first imported)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_aot_refuses_more_than_48k_of_shared_memory() -> None:
@@ -109,9 +115,7 @@ def test_aot_refuses_more_than_48k_of_shared_memory() -> None:
             "                 ptx_version=84, block_m=128, block_n=128, num_stages=3)\n"
             "except ValueError as e:\n"
             "    print(e)\n")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=300)
+    p = _compiled(code)
     assert "an AOT plugin kernel keeps to 49152" in p.stdout, p.stdout + p.stderr[-2000:]
 
 

@@ -93,3 +93,22 @@ def test_report_renders_in_headless_chromium(model: str, tmp_path: Path,
     shot = tmp_path / "report.png"
     _chromium([f"--screenshot={shot}", "--window-size=1300,2000"], path.as_uri())
     assert shot.stat().st_size > 20_000  # a page with drawings, not a blank one
+
+
+@pytest.mark.parametrize("where,message", [
+    ("input", "output would overwrite the input model"),
+    ("output", "is the output model's path (-o)"),
+    ("folder", "is a directory; --report takes the HTML file's path"),
+])
+def test_bad_report_path_is_one_line_and_writes_nothing(where: str, message: str,
+                                                        tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    shutil.copy(VIT, src)
+    before = src.read_bytes()
+    out = tmp_path / "out.onnx"
+    report = {"input": src, "output": out, "folder": tmp_path}[where]
+    p = subprocess.run([sys.executable, "-m", "onnxpass.cli", "run", str(src), "-o", str(out),
+                        "--report", str(report), "-q"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
+    assert message in p.stderr and "Traceback" not in p.stderr
+    assert src.read_bytes() == before and not out.exists()

@@ -289,8 +289,13 @@ class Pipeline:
 
     def rewrite_file(self, src: str | os.PathLike[str], out: str | os.PathLike[str]
                      ) -> PipelineResult:
-        """Load and check ``src``, run, save to ``out``."""
-        result = self.run(load_graph(src))
+        """Load and check ``src``, run, save to ``out`` (refused, before any work, where it
+        would overwrite ``src`` or a file ``src`` reads its weights from)."""
+        from onnxpass.modelio import check_output, referenced_files
+
+        graph = load_graph(src)
+        check_output(Path(out), src, referenced_files(graph.model, graph.base_dir))
+        result = self.run(graph)
         result.save(out)
         return result
 
