@@ -525,10 +525,7 @@ def _write_report(args: argparse.Namespace, src: Path, out: Path, pipeline: Pipe
         view = first_pass_view(_load(str(src)), pipeline.passes)
         for p in pipeline.passes:
             if isinstance(p, PatternPass) and p.name != "canonical":  # canonical: no fusion
-                attempts = p.explain(view)
-                inside = {id(n) for a in attempts if a.matched for n in a.nodes}
-                near += [_attempt_entry(p.label, a, view.opset()) for a in attempts
-                         if not a.matched and id(a.node) not in inside]
+                near += [e for e in _pass_entries(p, view, misses=True) if not e["matched"]]
     near.sort(key=lambda m: (tuple(-x for x in _progress(m)), str(m["pass"]), str(m["node"])))
     write_report(
         args.report, source=str(src), output=str(out),
@@ -751,25 +748,32 @@ def _match_report(args: argparse.Namespace) -> list[dict[str, Any]]:
     passes = _parse_passes(args.passes)
     # what `run` hands the first pass: dead code dropped, types inferred, canonical forms
     graph = first_pass_view(_load(args.model), passes)
-    report: list[dict[str, object]] = []
+    report: list[dict[str, Any]] = []
     for p in passes:
-        if not isinstance(p, PatternPass):
-            continue
-        attempts = p.explain(graph)  # the opset decision `run` makes, and its refusals
-        # one entry per instance: a match inside a bigger one of the same pass is that one (a
-        # LayerNorm matches at its Div, Mul and last Add: the Add's 9 ops are the instance)
-        seen: list[set[int]] = []
-        for a in sorted((a for a in attempts if a.matched), key=lambda a: -a.depth):
-            ids = {id(n) for n in a.nodes}
-            if any(ids <= s for s in seen):
-                continue
-            seen.append(ids)
-            report.append(_attempt_entry(p.label, a, graph.opset()))
-        if args.explain:  # a root inside a match is not a near miss
-            covered = set().union(*seen) if seen else set()
-            report += [_attempt_entry(p.label, a, graph.opset()) for a in attempts
-                       if not a.matched and id(a.node) not in covered]
+        if isinstance(p, PatternPass):
+            report += _pass_entries(p, graph, misses=args.explain)
     return report
+
+
+def _pass_entries(p: Any, graph: Graph, misses: bool) -> list[dict[str, Any]]:
+    """What ``match`` reports for one pattern pass: one entry per instance (a match inside a
+    bigger one of the same pass is that one: a LayerNorm matches at its Div, Mul and last Add,
+    and the Add's 9 ops are the instance); with ``misses``, every attempt that did not match,
+    rooted outside the matches (a root inside a match is not a near miss)."""
+    attempts = p.explain(graph)  # the opset decision `run` makes, and its refusals
+    out: list[dict[str, Any]] = []
+    seen: list[set[int]] = []
+    for a in sorted((a for a in attempts if a.matched), key=lambda a: -a.depth):
+        ids = {id(n) for n in a.nodes}
+        if any(ids <= s for s in seen):
+            continue
+        seen.append(ids)
+        out.append(_attempt_entry(p.label, a, graph.opset()))
+    if misses:
+        covered = set().union(*seen) if seen else set()
+        out += [_attempt_entry(p.label, a, graph.opset()) for a in attempts
+                if not a.matched and id(a.node) not in covered]
+    return out
 
 
 def _attempt_entry(label: str, a: Any, model_opset: int) -> dict[str, Any]:

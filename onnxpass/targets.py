@@ -116,10 +116,9 @@ def _name(v: tuple[int, int]) -> str:
     return f"trt-{v[0]}.{v[1]}"
 
 
-def unsupported_ops(op_types: set[str], target: Target, plugin_ops: set[str]) -> list[str]:
-    """The standard op types of a model (``op_types`` minus onnxpass's plugin ops) that
-    ``target`` does not import."""
-    return sorted(op for op in op_types - plugin_ops if not target.imports(op))
+def unsupported_ops(op_types: set[str], target: Target) -> list[str]:
+    """Those of the standard ``op_types`` that ``target`` does not import."""
+    return sorted(op for op in op_types if not target.imports(op))
 
 
 def table() -> list[tuple[str, int, str]]:

@@ -263,7 +263,7 @@ class Pipeline:
                                 f"{t.name[4:]} imports opsets up to {t.max_opset} (--target "
                                 f"{t.name})")
         ops = {n.op_type for n in g.nodes if n.domain == ""}
-        bad = unsupported_ops(ops, t, set())
+        bad = unsupported_ops(ops, t)
         new = [op for op in bad if op not in before]
         if new:
             raise OnnxpassError(f"the passes emitted {', '.join(new)}, which TensorRT "
