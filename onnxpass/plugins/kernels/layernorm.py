@@ -152,8 +152,8 @@ def row_plan(plugin: str, params: tuple[str, ...], rows_kernel: Any, looped_kern
     m = static(rows)  # None: a dynamic batch; the kernel then masks rows and uses int64
     while rows_per_program is None and m is not None and r > 1 and cdiv(m, r) < MIN_PROGRAMS:
         r //= 2  # fewer rows a program, enough programs to hide the loads' latency
-    # 2 warps for rows of up to 256 (MobileViT's 144 and 192: 12.4 against 14.6 us with 4 at
-    # stage 3 on the H200, bench/probe_kernels.py)
+    # 2 warps for rows of up to 256 (MobileViT's 144 and 192: 12.4 against 13.4 us with 4 at
+    # stage 3, float16, on the H200: bench/plugins.py --configs)
     w = num_warps or (2 if block <= 256 else 4 if block * r <= 2048
                       else 8 if block * r <= 8192 else 16)
     return Launch(rows_kernel, grid=(cdiv(rows, r),), args=(rows, cols),
