@@ -246,6 +246,299 @@ def probe_attention(say, t0, parts_att=("cross", "4096"), shipped=True):
     return out
 
 
+@triton.jit
+def rot_flat(x_ptr, cos_ptr, sin_ptr, y_ptr, NUMEL: tl.constexpr, D: tl.constexpr,
+             HALF: tl.constexpr, SEQ: tl.constexpr, INTERLEAVED: tl.constexpr,
+             XBLOCK: tl.constexpr, EVEN: tl.constexpr, EVICT: tl.constexpr):
+    # Inductor's form: a flat walk over y, each element's pair partner read by a second load
+    i = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
+    if EVEN:
+        m = i >= 0
+    else:
+        m = i < NUMEL
+    d = i % D
+    s = (i // D) % SEQ
+    if INTERLEAVED:
+        k = d // 2
+        first = (d % 2) == 0
+        partner = i ^ 1
+    else:
+        k = d % HALF
+        first = d < HALF
+        partner = tl.where(first, i + HALF, i - HALF)
+    x = tl.load(x_ptr + i, mask=m, other=0.0).to(tl.float32)
+    xp = tl.load(x_ptr + partner, mask=m, other=0.0).to(tl.float32)
+    if EVICT:
+        c = tl.load(cos_ptr + s * HALF + k, mask=m, other=0.0,
+                    eviction_policy="evict_last").to(tl.float32)
+        sn = tl.load(sin_ptr + s * HALF + k, mask=m, other=0.0,
+                     eviction_policy="evict_last").to(tl.float32)
+    else:
+        c = tl.load(cos_ptr + s * HALF + k, mask=m, other=0.0).to(tl.float32)
+        sn = tl.load(sin_ptr + s * HALF + k, mask=m, other=0.0).to(tl.float32)
+    y = tl.where(first, x * c - xp * sn, x * c + xp * sn)
+    tl.store(y_ptr + i, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def rot_rows(x_ptr, cos_ptr, sin_ptr, y_ptr, NROWS: tl.constexpr, D: tl.constexpr,
+             HALF: tl.constexpr, SEQ: tl.constexpr, INTERLEAVED: tl.constexpr,
+             ROWS: tl.constexpr, EVICT: tl.constexpr):
+    # whole rows (ROWS, D) read contiguously, the partner tile by a second (cached) load
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    d = tl.arange(0, D)
+    s = rows % SEQ
+    if INTERLEAVED:
+        k = d // 2
+        first = (d % 2) == 0
+        pd = d ^ 1
+    else:
+        k = d % HALF
+        first = d < HALF
+        pd = (d + HALF) % D
+    offs = rows[:, None] * D + d[None, :]
+    x = tl.load(x_ptr + offs).to(tl.float32)
+    xp = tl.load(x_ptr + rows[:, None] * D + pd[None, :]).to(tl.float32)
+    co = s[:, None] * HALF + k[None, :]
+    if EVICT:
+        c = tl.load(cos_ptr + co, eviction_policy="evict_last").to(tl.float32)
+        sn = tl.load(sin_ptr + co, eviction_policy="evict_last").to(tl.float32)
+    else:
+        c = tl.load(cos_ptr + co).to(tl.float32)
+        sn = tl.load(sin_ptr + co).to(tl.float32)
+    y = tl.where(first[None, :], x * c - xp * sn, x * c + xp * sn)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty))
+
+
+@triton.jit
+def abt_flat(x_ptr, bias_ptr, y_ptr, NUMEL: tl.constexpr, SEQ: tl.constexpr,
+             H: tl.constexpr, D: tl.constexpr, XBLOCK: tl.constexpr, EVEN: tl.constexpr,
+             OVER_X: tl.constexpr, EVICT: tl.constexpr):
+    # y[b, h, s, j] = x[b, s, h * D + j] + bias[h * D + j]: a flat walk over y (Inductor's
+    # order) or over x (OVER_X: loads contiguous, stores in D-long runs)
+    i = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
+    if EVEN:
+        m = i >= 0
+    else:
+        m = i < NUMEL
+    if OVER_X:
+        c = i % (H * D)
+        bs = i // (H * D)
+        h = c // D
+        j = c % D
+        b = bs // SEQ
+        s = bs % SEQ
+        xi = i
+        yi = ((b * H + h) * SEQ + s) * D + j
+    else:
+        j = i % D
+        s = (i // D) % SEQ
+        h = (i // (D * SEQ)) % H
+        b = i // (D * SEQ * H)
+        c = h * D + j
+        xi = (b * SEQ + s) * (H * D) + c
+        yi = i
+    if EVICT:
+        bias = tl.load(bias_ptr + c, mask=m, other=0.0, eviction_policy="evict_last")
+    else:
+        bias = tl.load(bias_ptr + c, mask=m, other=0.0)
+    x = tl.load(x_ptr + xi, mask=m, other=0.0)
+    y = x.to(tl.float32) + bias.to(tl.float32)
+    tl.store(y_ptr + yi, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def abt_pos(x_ptr, bias_ptr, y_ptr, NPOS: tl.constexpr, SEQ: tl.constexpr, H: tl.constexpr,
+            D: tl.constexpr, POS: tl.constexpr):
+    # POS positions (b, s) per program, every head: x rows read whole, no masked tail tile
+    p = tl.program_id(0) * POS + tl.arange(0, POS)
+    j = tl.arange(0, D)
+    b = p // SEQ
+    s = p % SEQ
+    pm = (p < NPOS)[:, None]
+    for h in tl.static_range(H):
+        x = tl.load(x_ptr + p[:, None] * (H * D) + h * D + j[None, :], mask=pm, other=0.0)
+        bias = tl.load(bias_ptr + h * D + j)
+        y = x.to(tl.float32) + bias.to(tl.float32)[None, :]
+        tl.store(y_ptr + ((b * H + h) * SEQ + s)[:, None] * D + j[None, :],
+                 y.to(y_ptr.dtype.element_ty), mask=pm)
+
+
+@triton.jit
+def rot_pairs(x_ptr, cos_ptr, sin_ptr, y_ptr, NROWS: tl.constexpr, D: tl.constexpr,
+              HALF: tl.constexpr, SEQ: tl.constexpr, ROWS: tl.constexpr, FORM: tl.constexpr):
+    # interleaved pairs (2k, 2k + 1). FORM 1: each pair as one 2x-wide integer word, loaded
+    # (ROWS, HALF) with full-width vectors and unpacked in registers; FORM 2: a (ROWS, D) tile
+    # reshaped to (ROWS, HALF, 2) and split (what rotary.py took). FORM 3: rotate-half pairs
+    # (k, k + HALF) from one (ROWS, D) tile
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    k = tl.arange(0, HALF)
+    s = rows % SEQ
+    co = s[:, None] * HALF + k[None, :]
+    c = tl.load(cos_ptr + co).to(tl.float32)
+    sn = tl.load(sin_ptr + co).to(tl.float32)
+    dt = y_ptr.dtype.element_ty
+    if FORM == 1:
+        if dt.primitive_bitwidth == 16:
+            W: tl.constexpr = tl.uint32
+            U: tl.constexpr = tl.uint16
+        else:
+            W: tl.constexpr = tl.uint64
+            U: tl.constexpr = tl.uint32
+        xw = x_ptr.to(tl.pointer_type(W), bitcast=True)
+        yw = y_ptr.to(tl.pointer_type(W), bitcast=True)
+        offs = rows[:, None] * HALF + k[None, :]
+        w = tl.load(xw + offs)
+        x1 = w.to(U).to(dt, bitcast=True).to(tl.float32)
+        x2 = (w >> dt.primitive_bitwidth).to(U).to(dt, bitcast=True).to(tl.float32)
+        y1 = (c * x1 - sn * x2).to(dt).to(U, bitcast=True).to(W)
+        y2 = (sn * x1 + c * x2).to(dt).to(U, bitcast=True).to(W)
+        tl.store(yw + offs, y1 | (y2 << dt.primitive_bitwidth))
+    elif FORM == 2:
+        offs = rows[:, None] * D + tl.arange(0, D)[None, :]
+        x = tl.load(x_ptr + offs).to(tl.float32)
+        x1, x2 = tl.split(tl.reshape(x, (ROWS, HALF, 2)))
+        y = tl.reshape(tl.join(c * x1 - sn * x2, sn * x1 + c * x2), (ROWS, D))
+        tl.store(y_ptr + offs, y.to(dt))
+    else:  # FORM 3, rotate-half: one (ROWS, D) tile, its halves split through a permute
+        offs = rows[:, None] * D + tl.arange(0, D)[None, :]
+        x = tl.load(x_ptr + offs).to(tl.float32)
+        x1, x2 = tl.split(tl.permute(tl.reshape(x, (ROWS, 2, HALF)), (0, 2, 1)))
+        y = tl.join(c * x1 - sn * x2, sn * x1 + c * x2)
+        tl.store(y_ptr + offs, tl.reshape(tl.permute(y, (0, 2, 1)), (ROWS, D)).to(dt))
+
+
+def probe_pointwise(say, t0, dtypes, only=("rotate-half", "interleaved", "ABT Q"),
+                    flat=True):
+    """Rotary (both forms) at Llama-7B's Q and AddBiasTranspose Q at ViT's: the shipped kernel
+    (its CONFIGS), Inductor's kernel (torch.compile of both of bench/plugins.py's forms), a
+    copy, and the variants above, each over its launch configs."""
+    import torch
+
+    from bench.plugins import compiled, decomposed_fn, inputs, kernel_configs, shapes_of, torch_fn
+    from bench.timing import graph_stats, rotations_for
+    from onnxpass.plugins import get_plugin
+    from onnxpass.plugins.kernels import get_kernel
+    from onnxpass.plugins.kernels.base import launch
+
+    cases = [("RotaryEmbeddingPlugin", "rotate-half", (4, 32, 2048, 128), {"interleaved": 0}),
+             ("RotaryEmbeddingPlugin", "interleaved", (4, 32, 2048, 128), {"interleaved": 1}),
+             ("AddBiasTransposePlugin", "ABT Q", (64, 197, 768), {"num_heads": 12})]
+    out = []
+    for plugin, label, x, attrs in cases:
+        if label not in only:
+            continue
+        for dt in dtypes:
+            shapes = shapes_of(plugin, x)
+            ins = inputs(plugin, shapes, dt)
+            values = get_plugin(plugin).attr_values(attrs)
+            spec = get_kernel(plugin)
+            pl = spec.plan(shapes, [dt] * len(ins), values)
+            ref = torch.empty(get_plugin(plugin).output_shapes(shapes, values)[0],
+                              dtype=ins[0].dtype, device="cuda")
+            launch(pl, ins, [ref])
+            nbytes = sum(t.numel() * t.element_size() for t in [*ins, ref])
+            rot = rotations_for(nbytes)
+
+            def make(i):
+                return ([t.clone() for t in ins], [torch.empty_like(ref)])
+            row = {"case": label, "dtype": dt, "times": {}}
+
+            def rec(name, fn, mk=make, check=None):
+                try:
+                    st = graph_stats(fn, mk, rot)
+                except Exception as exc:
+                    say(f"   {name}: {type(exc).__name__}: {str(exc)[:150]}")
+                    return None
+                row["times"][name] = [st["us"], st["min_us"], st["max_us"]]
+                err = "" if check is None else f" err {check:.3g}"
+                say(f"   {name:36s} {st['us']:7.2f} us "
+                    f"[{st['min_us']:.2f}-{st['max_us']:.2f}]{err}")
+                return st["us"]
+            say(f"[{time.time() - t0:6.1f}s] {plugin} {label} {dt} {x}")
+            half = max(16, nbytes // 2 // 16 * 16)
+            rec("copy", lambda s, d: d.copy_(s),
+                lambda i: (torch.zeros(half // 8, dtype=torch.int64, device="cuda"),
+                           torch.empty(half // 8, dtype=torch.int64, device="cuda")))
+            prepare, f = torch_fn(plugin, attrs)
+            for form, fn, mk in (("decomposed", decomposed_fn(plugin, attrs),
+                                  lambda i: [t.clone() for t in ins]),
+                                 ("torch", f, lambda i: prepare([t.clone() for t in ins]))):
+                cf = compiled(("pw", label, dt, form), fn)
+                got = cf(*mk(0))
+                rec("compile_" + form, cf, mk, (got.float() - ref.float()).abs().max().item())
+            rec("shipped", lambda i_, o_: launch(pl, i_, o_))
+            for cfg in kernel_configs(plugin):
+                p2 = spec.plan(shapes, [dt] * len(ins), values, **cfg)
+                rec(f"shipped {cfg}", lambda i_, o_, p2=p2: launch(p2, i_, o_))
+            y = torch.empty_like(ref)
+
+            def var(name, k):
+                try:
+                    k(*ins, y)
+                    err = (y.float() - ref.float()).abs().max().item()
+                except Exception as exc:
+                    say(f"   {name}: {type(exc).__name__}: {str(exc)[:150]}")
+                    return
+                rec(name, lambda i_, o_: k(*i_, *o_), check=err)
+            if plugin == "RotaryEmbeddingPlugin":
+                B, H, S, D = x
+                numel = B * H * S * D
+                il = bool(attrs["interleaved"])
+                for xb in ((512, 1024, 2048, 4096) if flat else ()):
+                    for w in (4, 8):
+                        for ev in (0, 1):
+                            var(f"flat xb{xb} w{w} ev{ev}", lambda a, c, s_, yy, xb=xb, w=w, ev=ev:
+                                rot_flat[(triton.cdiv(numel, xb),)](
+                                    a, c, s_, yy, NUMEL=numel, D=D, HALF=D // 2, SEQ=S,
+                                    INTERLEAVED=il, XBLOCK=xb, EVEN=numel % xb == 0, EVICT=ev,
+                                    num_warps=w))
+                for r in (4, 8, 16, 32):
+                    for w in (2, 4, 8):
+                        for form in ((1, 2) if il else (3,)):
+                            var(f"pairs form{form} r{r} w{w}", lambda a, c, s_, yy, r=r, w=w,
+                                form=form: rot_pairs[(B * H * S // r,)](
+                                    a, c, s_, yy, NROWS=B * H * S, D=D, HALF=D // 2, SEQ=S,
+                                    ROWS=r, FORM=form, num_warps=w))
+                for r in ((4, 8, 16, 32) if not il and flat else ()):
+                    for w in (2, 4, 8):
+                        for ev in (0, 1):
+                            var(f"rows r{r} w{w} ev{ev}", lambda a, c, s_, yy, r=r, w=w, ev=ev:
+                                rot_rows[(B * H * S // r,)](
+                                    a, c, s_, yy, NROWS=B * H * S, D=D, HALF=D // 2, SEQ=S,
+                                    INTERLEAVED=il, ROWS=r, EVICT=ev, num_warps=w))
+            else:
+                B, S, N = x
+                Hh = attrs["num_heads"]
+                numel = B * S * N
+                for xb in ((512, 1024, 2048) if flat else ()):
+                    for w in (4, 8):
+                        for ox in (0, 1):
+                            for ev in (0, 1):
+                                var(f"flat xb{xb} w{w} overx{ox} ev{ev}",
+                                    lambda a, bb, yy, xb=xb, w=w, ox=ox, ev=ev:
+                                    abt_flat[(triton.cdiv(numel, xb),)](
+                                        a, bb, yy, NUMEL=numel, SEQ=S, H=Hh, D=N // Hh,
+                                        XBLOCK=xb, EVEN=numel % xb == 0, OVER_X=ox, EVICT=ev,
+                                        num_warps=w))
+                for pos in ((1, 2, 4, 8, 16) if flat else ()):
+                    for w in (1, 2, 4):
+                        var(f"pos p{pos} w{w}", lambda a, bb, yy, pos=pos, w=w:
+                            abt_pos[(triton.cdiv(B * S, pos),)](
+                                a, bb, yy, NPOS=B * S, SEQ=S, H=Hh, D=N // Hh, POS=pos,
+                                num_warps=w))
+            ts = row["times"]
+            best = min((k for k in ts if k not in ("copy",) and not k.startswith("compile")),
+                       key=lambda k: ts[k][0])
+            comp = min(ts[k][0] for k in ts if k.startswith("compile"))
+            say(f"   => best ours {best} {ts[best][0]:.2f} us; compile {comp:.2f}: "
+                f"{comp / ts[best][0]:.3f}x; shipped {comp / ts['shipped'][0]:.3f}x; "
+                f"copy {ts['copy'][0] / ts[best][0]:.3f}x")
+            out.append(row)
+            torch.cuda.empty_cache()
+    return out
+
+
 SHAPES = [("ViT 64x197x768", 64 * 197, 768), ("MobileViT s3 256x256x144", 256 * 256, 144),
           ("MobileViT s4 256x64x192", 256 * 64, 192), ("MobileViT s5 256x16x240", 256 * 16, 240),
           ("DETR 850x8x256", 850 * 8, 256), ("anchor 32768x1024", 32768, 1024)]
@@ -283,6 +576,8 @@ def main() -> int:
     p.add_argument("--parts", default="norms,attention")
     p.add_argument("--attention-cases", default="cross,4096")
     p.add_argument("--attention-shipped", type=int, default=1)
+    p.add_argument("--pointwise-cases", default="rotate-half,interleaved,ABT Q")
+    p.add_argument("--pointwise-flat", type=int, default=1)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((args.out / "inductor").resolve()))
@@ -302,6 +597,10 @@ def main() -> int:
         log.flush()
 
     t0 = time.time()
+    if "pointwise" in args.parts:
+        pw = probe_pointwise(say, t0, args.dtypes.split(","),
+                             tuple(args.pointwise_cases.split(",")), args.pointwise_flat)
+        (args.out / "probe_pointwise.json").write_text(json.dumps(pw, indent=1))
     if "attention" in args.parts:
         att = probe_attention(say, t0, tuple(args.attention_cases.split(",")),
                               args.attention_shipped)

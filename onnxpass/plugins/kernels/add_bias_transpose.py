@@ -67,7 +67,10 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                          f"multiple of num_heads={h}, got {n}")
     d = static(n) // h
     bd = next_pow2(d)
-    bs = block_s or max(16, 4096 // bd)
+    # K transposed: 4096-element tiles (the transpose goes through shared memory). Otherwise
+    # about 1024: 16 positions at ViT-B/16's Q ran 11.66 us against 11.85 with 64, float16
+    # (H200, bench/probe_kernels.py --parts pointwise)
+    bs = block_s or max(16, (4096 if PERMS[perm] else 1024) // bd)
     return Launch(add_bias_transpose_kernel, grid=(cdiv(s, bs), h, b), args=(s,),
                   constexprs={"H": h, "D": d, "BLOCK_S": bs, "BLOCK_D": bd,
                               "TRANSPOSE_K": PERMS[perm]}, num_warps=num_warps)

@@ -40,11 +40,20 @@ def reference(mask: np.ndarray, *, axis: int, offset: float, eps: float, scale: 
 @jit
 def mask2pos_kernel(mask_ptr, n, inner, pos_ptr, OFFSET: tl.constexpr, EPS: tl.constexpr,
                     SCALE: tl.constexpr, INVERT: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_I: tl.constexpr):
+                    BLOCK_I: tl.constexpr, ONE_BLOCK: tl.constexpr = False):
     cols = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
     base = tl.program_id(1).to(tl.int64) * n * inner + cols[None, :]
     ks = tl.arange(0, BLOCK_N)
     col_ok = (cols < inner)[None, :]
+    if ONE_BLOCK:  # n <= BLOCK_N, known when compiled: one load gives the total and the sums
+        ok = (ks < n)[:, None] & col_ok
+        offs = base + ks[:, None] * inner
+        v = tl.load(mask_ptr + offs, mask=ok, other=0).to(tl.float32)
+        if INVERT:
+            v = tl.where(ok, 1.0 - v, 0.0)
+        den = tl.sum(v, axis=0) + EPS
+        tl.store(pos_ptr + offs, (tl.cumsum(v, axis=0) - OFFSET) / den[None, :] * SCALE, mask=ok)
+        return
     total = tl.zeros([BLOCK_I], dtype=tl.float32)
     for start in range(0, n, BLOCK_N):
         ok = ((start + ks) < n)[:, None] & col_ok
@@ -76,7 +85,11 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
     return Launch(mask2pos_kernel, grid=(cdiv(inner, bi), outer), args=(n, inner),
                   constexprs={"OFFSET": attrs["offset"], "EPS": attrs["eps"],
                               "SCALE": attrs["scale"], "INVERT": bool(attrs["invert"]),
-                              "BLOCK_N": bn, "BLOCK_I": bi}, num_warps=num_warps)
+                              "BLOCK_N": bn, "BLOCK_I": bi,
+                              # DETR's y_embed (25 of 34 columns): 2.45 us in two passes, 2.35
+                              # for Inductor's one (H200)
+                              "ONE_BLOCK": static(n) is not None and static(n) <= bn},
+                  num_warps=num_warps)
 
 
 def _mask(shape: tuple[int, ...], dtype: str, pad_rows: int = 0) -> Any:

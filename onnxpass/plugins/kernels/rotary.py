@@ -3,8 +3,10 @@
 x (B, H, S, D) is viewed as B*H*S rows of D; row r = (b, h, s) reads its cos and sin from
 (b or 0, s or 0) of the (B or 1, S or 1, RD/2) caches, the 0 where a cache dim is 1. A program
 rotates ROWS rows: the RD/2 pairs of each held in registers (the interleaved pairs loaded and
-stored as one contiguous block, then split), computed in float32 whatever the input dtype,
-rounded once when stored; dims RD.. of a partial rotation are copied.
+stored as one contiguous (ROWS, RD) tile, reshaped to (ROWS, RD/2, 2) and split: a tile of
+(ROWS, RD/2, 2) loaded directly moves 2 elements a load and ran at 0.79x a copy), computed in
+float32 whatever the input dtype, rounded once when stored; dims RD.. of a partial rotation are
+copied.
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ def rotary_kernel(x_ptr, cos_ptr, sin_ptr, n_rows, seq, rows_per_batch, cos_batc
     c = tl.load(cos_ptr + cache + k[None, :], mask=m, other=0.0).to(tl.float32)
     sn = tl.load(sin_ptr + cache + k[None, :], mask=m, other=0.0).to(tl.float32)
     out = y_ptr.dtype.element_ty
-    if INTERLEAVED:  # pairs (2k, 2k + 1): one contiguous (ROWS, BLOCK_H, 2) block, split in two
-        pair = tl.arange(0, 2)
-        offs = base[:, :, None] + (2 * k)[None, :, None] + pair[None, None, :]
-        m2 = m[:, :, None] & (pair < 2)[None, None, :]
-        x1, x2 = tl.split(tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32))
-        y = tl.join(c * x1 - sn * x2, sn * x1 + c * x2)
+    if INTERLEAVED:  # pairs (2k, 2k + 1): a (ROWS, 2 BLOCK_H) tile, reshaped and split in two
+        j = tl.arange(0, 2 * BLOCK_H)
+        m2 = row_ok[:, None] & (j < 2 * HALF)[None, :]
+        offs = base + j[None, :]
+        x = tl.load(x_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+        x1, x2 = tl.split(tl.reshape(x, (ROWS, BLOCK_H, 2)))
+        y = tl.reshape(tl.join(c * x1 - sn * x2, sn * x1 + c * x2), (ROWS, 2 * BLOCK_H))
         tl.store(y_ptr + offs, y.to(out), mask=m2)
     else:  # the two halves
         x1 = tl.load(x_ptr + base + k[None, :], mask=m, other=0.0).to(tl.float32)
@@ -93,15 +96,14 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                          f"and caches {cos}")
     rows = prod(x[:3])
     block_h, block_p = next_pow2(max(half, 1)), next_pow2(max(d - rd, 1))
-    # rows per program measured best on an H200 (float16, head size 128): 1024 pairs by halves,
-    # 256 interleaved (its (ROWS, BLOCK_H, 2) block is split in registers)
-    r = rows_per_program or max(1, (256 if attrs["interleaved"] else 1024) // max(block_h, block_p))
+    # about 1024 elements and 4 warps a program: 8 rows of Llama-7B's 128, the best of
+    # bench/probe_kernels.py's sweep on the H200 for both forms (float16 and bfloat16)
+    r = rows_per_program or max(1, 1024 // next_pow2(2 * block_h + (block_p if d > rd else 0)))
     return Launch(rotary_kernel, grid=(cdiv(rows, r),),
                   args=(rows, x[2], prod(x[1:3]), cos[0], cos[1]),
                   constexprs={"D": d, "HALF": half, "INTERLEAVED": bool(attrs["interleaved"]),
                               "BLOCK_H": block_h, "BLOCK_P": block_p, "ROWS": r},
-                  # 2 warps for the interleaved split: 43 us to 48 at Llama-7B's Q (H200)
-                  num_warps=num_warps or (2 if attrs["interleaved"] else 4))
+                  num_warps=num_warps or 4)
 
 
 # Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
