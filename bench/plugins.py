@@ -976,7 +976,8 @@ def attention_bench(sweep: bool, opts: Options | None = None) -> list[dict[str, 
                                  "q": list(q), "k": list(k), "mask": mask}
             try:
                 ins = attention_inputs(q, k, mask, dtype)
-                attrs = {"scale": q[-1] ** -0.5}
+                # no mask: has_mask 0, as the attention pass writes it (the folded softmax)
+                attrs = {"scale": q[-1] ** -0.5, "has_mask": int(mask is not None)}
                 flops = 2 * q[0] * q[1] * q[2] * k[2] * (q[3] + k[3])
                 values = get_plugin("AttentionPlugin").attr_values(attrs)
                 shapes, dts = [list(t.shape) for t in ins], [dtype] * 4

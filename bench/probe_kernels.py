@@ -160,7 +160,8 @@ def probe_attention(say, t0, parts_att=("cross", "4096"), shipped=True):
             continue
         ins = attention_inputs(q, k, mask, "float16")
         scale = q[-1] ** -0.5
-        values = get_plugin("AttentionPlugin").attr_values({"scale": scale})
+        values = get_plugin("AttentionPlugin").attr_values(
+            {"scale": scale, "has_mask": int(mask is not None)})
         shapes, dts = [list(t.shape) for t in ins], ["float16"] * 4
         y = torch.empty(*q[:-1], k[-1], device="cuda", dtype=torch.float16)
         nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])

@@ -121,6 +121,17 @@ ATTENTION = [
     Edge("AttentionPlugin", "large_scores", _attention(_key_padding(-np.inf), q_scale=100.0)),
     Edge("AttentionPlugin", "huge_scores", _attention(_key_padding(-np.inf), q_scale=1e15),
          dtypes=("float32",)),
+    # has_mask 0 (a model without a mask): the mask input is ignored, -inf rows included, and
+    # the kernel folds scale and log2(e) into one FMA on raw scores, over whole key tiles or not
+    *(Edge("AttentionPlugin", f"has_mask_0_{n}", _attention(m, l=l, q_scale=qs),
+           {"scale": sc, "has_mask": 0})
+      for n, m, l, qs, sc in (("ignores_row_mask", _row_mask(-np.inf), 6, 1.0, 0.25),
+                              ("ignores_scalar_ninf", lambda t: np.array(-np.inf), 6, 1.0, 0.25),
+                              ("even_keys", lambda t: np.zeros(()), 128, 1.0, 0.25),
+                              ("keys_70", lambda t: np.zeros(()), 70, 1.0, 0.125),
+                              ("large_scores", lambda t: np.zeros(()), 6, 100.0, 0.25),
+                              ("huge_scores", lambda t: np.zeros(()), 6, 1e15, 0.25),
+                              ("negative_scale", _row_mask(-np.inf, 5, 70), 70, 1.0, -0.25))),
 ]
 
 

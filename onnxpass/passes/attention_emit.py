@@ -62,7 +62,7 @@ def emit_fused(op: RewriteBuilder, m: Match[Core], form: str) -> str:
                          softmax_precision=c.softmax_dtype if c.softmax_dtype != c.dtype else None)
     else:
         y = op.plugin("AttentionPlugin", q, k, v, mask or op.const(_np(c.dtype, 0.0)),
-                      scale=c.scale, softmax_precision=c.softmax_dtype)
+                      scale=c.scale, softmax_precision=c.softmax_dtype, has_mask=int(bool(mask)))
     return op.Squeeze(y, one) if c.rank == 3 else y
 
 
@@ -169,7 +169,7 @@ def native_plugin_args(op: RewriteBuilder, m: Match[None]) -> tuple[list[str], d
     """An exporter's own Attention as AttentionPlugin's inputs and attributes."""
     dt, scale, sdt, mask = _native(op, m)
     return ([m["q"], m["k"], m["v"], mask or op.const(_np(dt, 0.0))],
-            {"scale": scale, "softmax_precision": sdt})
+            {"scale": scale, "softmax_precision": sdt, "has_mask": int(bool(mask))})
 
 
 def emit_native_trt(op: RewriteBuilder, m: Match[None]) -> str:

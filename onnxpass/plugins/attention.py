@@ -4,11 +4,12 @@ q is (B, H, S, d), k is (B, Hk, L, d) (not transposed), v is (B, Hv, L, dv), y i
 Hk and Hv divide H: query head h reads key head h // (H / Hk) and value head h // (H / Hv) (Hk =
 H: MHA; grouped-query attention, heads grouped as ONNX Attention and HF's repeat_kv group them;
 1: MQA); the function body repeats k and v to H heads. ``mask`` is additive, of q's dtype and
-broadcastable to (B, H, S, L) (a padding or causal mask, a relative-position bias, or their sum;
-a scalar 0 when the model has none). The softmax runs in dtype ``softmax_precision`` (an ONNX
-TensorProto type, default FLOAT). A row whose scores are all -inf (fully masked) gives zeros, as
-ONNX Attention does; one masked by a finite value (finfo.min) has equal scores and gives mean(v),
-as the model does.
+broadcastable to (B, H, S, L) (a padding or causal mask, a relative-position bias, or their
+sum). A model without one gets a scalar 0 there and ``has_mask`` 0: the mask input is then
+ignored, and kernels leave it out of the softmax. The softmax runs in dtype
+``softmax_precision`` (an ONNX TensorProto type, default FLOAT). A row whose scores are all
+-inf (fully masked) gives zeros, as ONNX Attention does; one masked by a finite value
+(finfo.min) has equal scores and gives mean(v), as the model does.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def _body(opset: int) -> str:
         "   qs = Mul (q, scale)",
         "   kt = Transpose <perm: ints = [0, 1, 3, 2]> (k_all)",
         "   scores = MatMul (qs, kt)",
-        "   masked = Add (scores, mask)",
+        "   has_mask_i = Constant <value_int: int = @has_mask> ()",
+        "   has_mask_b = Cast <to: int = 9> (has_mask_i)",
+        "   zero_mask_f = Constant <value_float: float = 0.0> ()",
+        cast_like("zero_mask_f", "mask", opset, "zero_mask"),
+        "   mask_used = Where (has_mask_b, mask, zero_mask)",
+        "   masked = Add (scores, mask_used)",
         "   masked_sp = Cast <to: int = @softmax_precision> (masked)",
         "   p_sp = Softmax <axis: int = -1> (masked_sp)",
         cast_like("p_sp", "q", opset, "p"),
@@ -74,6 +80,9 @@ ATTENTION = register_plugin(PluginSpec(
         PluginAttr("scale", "float", 1.0, "multiplies q k^T (the exporter's scale, not implied)"),
         PluginAttr("softmax_precision", "int", TensorProto.FLOAT,
                    "ONNX element type the softmax is computed in"),
+        PluginAttr("has_mask", "int", 1,
+                   "0: the model has no mask and the mask input is ignored (the pass writes a "
+                   "scalar 0 there); kernels then leave it out of the softmax"),
     ),
     body=_body,
     doc=__doc__ or "",

@@ -61,7 +61,8 @@ from onnxpass.plugins.kernels.base import (
 
 
 def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, *, scale: float,
-              softmax_precision: int) -> tuple[np.ndarray]:
+              softmax_precision: int, has_mask: int = 1) -> tuple[np.ndarray]:
+    mask = mask if has_mask else np.zeros((), mask.dtype)
     q64 = q.astype(np.float64)
     k64, v64 = (_repeat_heads(a.astype(np.float64), q.shape[1]) for a in (k, v))
     with np.errstate(over="ignore", invalid="ignore"):  # inf - inf: a NaN row, made 0 below
@@ -90,7 +91,7 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
                   MASK: tl.constexpr, MASK_L: tl.constexpr, PRECISION: tl.constexpr,
-                  P_SPLIT: tl.constexpr, EVEN: tl.constexpr):
+                  P_SPLIT: tl.constexpr, EVEN: tl.constexpr, FOLD: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -125,31 +126,42 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
                         mask=n_ok[None, :] & dq_ok[:, None], other=0.0)
             v = tl.load(v_base + n[:, None] * DV + dv[None, :],
                         mask=n_ok[:, None] & dv_ok[None, :], other=0.0)
-        s = tl.dot(q, k, input_precision=PRECISION) * SCALE
-        # natural units: the mask is added as the model adds it (finfo.min stays finite);
-        # keys past L get -inf through the mask term, not a select on the whole tile
-        if MASK == 1:
-            # MASK is a constexpr: bias is bound above whenever MASK == 1
-            if EVEN:
-                s += bias  # pyright: ignore[reportPossiblyUnboundVariable]
-            else:
-                s += tl.where(n_ok, bias, ninf)[None, :]  # pyright: ignore[reportPossiblyUnboundVariable]
-        elif MASK == 2:  # the same for every query row (a key-padding mask): one vector
-            if EVEN:
-                s += tl.load(m_base + n * MASK_L).to(tl.float32)[None, :]
-            else:
-                s += tl.load(m_base + n * MASK_L, mask=n_ok, other=ninf
-                             ).to(tl.float32)[None, :]
-        elif EVEN:
-            s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
-                         mask=row_ok[:, None], other=ninf).to(tl.float32)
+        s = tl.dot(q, k, input_precision=PRECISION)
+        if FOLD:  # no mask and SCALE > 0: the max of raw scores; scale and log2(e) in one FMA
+            if not EVEN:
+                s = tl.where(n_ok[None, :], s, ninf)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp2((m_i - m_new) * (SCALE * LOG2E))
+            p = tl.math.exp2(s * (SCALE * LOG2E) - (m_new * (SCALE * LOG2E))[:, None])
         else:
-            s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
-                         mask=row_ok[:, None] & n_ok[None, :], other=ninf).to(tl.float32)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == ninf, 0.0, m_new)
-        alpha = tl.math.exp2((m_i - m_safe) * LOG2E)
-        p = tl.math.exp2((s - m_safe[:, None]) * LOG2E)
+            s = s * SCALE
+            # natural units: the mask is added as the model adds it (finfo.min stays finite);
+            # keys past L get -inf through the mask term, not a select on the whole tile
+            if MASK == 0:  # no mask, and a scale FOLD does not take
+                if not EVEN:
+                    s = tl.where(n_ok[None, :], s, ninf)
+            elif MASK == 1:
+                # MASK is a constexpr: bias is bound above whenever MASK == 1
+                if EVEN:
+                    s += bias  # pyright: ignore[reportPossiblyUnboundVariable]
+                else:
+                    s += tl.where(n_ok, bias, ninf)[None, :]  # pyright: ignore[reportPossiblyUnboundVariable]
+            elif MASK == 2:  # the same for every query row (a key-padding mask): one vector
+                if EVEN:
+                    s += tl.load(m_base + n * MASK_L).to(tl.float32)[None, :]
+                else:
+                    s += tl.load(m_base + n * MASK_L, mask=n_ok, other=ninf
+                                 ).to(tl.float32)[None, :]
+            elif EVEN:
+                s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
+                             mask=row_ok[:, None], other=ninf).to(tl.float32)
+            else:
+                s += tl.load(m_base + rows[:, None] * mss + n[None, :] * MASK_L,
+                             mask=row_ok[:, None] & n_ok[None, :], other=ninf).to(tl.float32)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == ninf, 0.0, m_new)
+            alpha = tl.math.exp2((m_i - m_safe) * LOG2E)
+            p = tl.math.exp2((s - m_safe[:, None]) * LOG2E)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         p_hi = p.to(v.dtype)
@@ -165,7 +177,8 @@ def attention_fwd(q_ptr, k_ptr, v_ptr, m_ptr, H, S, L, msb, msh, mss, y_ptr,
 
 def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
          block_m: int | None = None, block_n: int | None = None, num_warps: int | None = None,
-         p_split: bool = False, num_stages: int | None = None) -> Launch:
+         p_split: bool = False, num_stages: int | None = None,
+         max_shared: int | None = None) -> Launch:
     q, k, v, mask = shapes
     if len(q) != 4 or len(k) != 4 or len(v) != 4 or len(mask) > 4:
         raise ValueError(f"AttentionPlugin: q, k, v must be 4-d and mask at most 4-d: {shapes}")
@@ -181,28 +194,40 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
         strides.insert(0, 0 if static(dim) == 1 else acc)
         acc = prod([acc, dim])
     fp32 = dtypes[0] == "float32"
-    mask_kind = (1 if all(static(x) == 1 for x in m4) else 2 if static(m4[2]) == 1 else 3)
+    scale = float(attrs["scale"])
+    no_mask = not attrs.get("has_mask", 1)
+    mask_kind = (0 if no_mask else 1 if all(static(x) == 1 for x in m4)
+                 else 2 if static(m4[2]) == 1 else 3)
+    # the fold rounds s c - m c, not z = s scale as the model does: about |m| 2^-23 relative
+    # error in p, over float32's tolerance at scores in the hundreds, far under float16's
+    # rounding of p (2^-11) for the dots
+    fold = no_mask and scale > 0 and not fp32
     long = (static(S) or 0) >= 1024 and max(d, dv) <= 64 and not fp32
+    # no mask, long sequences: 128x64 tiles in 3 stages (64 KB of shared memory at d = 64):
+    # 0.97x SDPA at 16x8x4096x64 on the H200 where 64x64 in 2 stages (40 KB) gave 0.86-0.90x
+    # (bench/probe_kernels.py --parts attention). JIT launches only: an AOT kernel stays
+    # within 48 KB (max_shared, see aot_kernel)
+    big = fold and long and (max_shared is None or max_shared >= 64 * 1024)
     # few queries (a decoder's cross-attention: DETR's 100 x 850) split into 32-row blocks,
     # more programs to fill the SMs: 1.6x SDPA there on the H200 where 64 rows gave 0.83x
     s_static, l_static = static(S), static(L)
     short = s_static is not None and s_static <= 128 and not fp32
-    bm = block_m or (32 if short else 64)
+    bm = block_m or (32 if short else 128 if big else 64)
     wide = short and max(d, dv) <= 32 and mask_kind != 3  # a mask tile too: over 48 KB
     bn = block_n or (128 if wide else 64 if long or short else 32)
-    stages = num_stages or (1 if fp32 else 3 if wide
+    stages = num_stages or (1 if fp32 else 3 if wide or big
                             else 2 if long or short or max(d, dv) > 64 else 3)
     even = l_static is not None and l_static % bn == 0
     return Launch(
         attention_fwd, grid=(cdiv(S, bm), prod([B, H])),
         args=(H, S, L, strides[0], strides[1], strides[2]),
-        constexprs={"SCALE": float(attrs["scale"]), "D": d, "DV": dv,
+        constexprs={"SCALE": scale, "D": d, "DV": dv,
                     "BLOCK_D": max(16, next_pow2(d)), "BLOCK_DV": max(16, next_pow2(dv)),
                     "BLOCK_M": bm, "BLOCK_N": bn,
                     "K_GROUP": _group(H, k[1]), "V_GROUP": _group(H, v[1]),
                     "MASK": mask_kind, "MASK_L": 0 if static(m4[3]) == 1 else 1,
                     "PRECISION": "ieee" if fp32 else "tf32", "P_SPLIT": p_split and not fp32,
-                    "EVEN": even},
+                    "EVEN": even, "FOLD": fold},
         num_warps=num_warps or (2 if bm <= 32 else 4 if bm <= 64 else 8), num_stages=stages)
 
 
@@ -281,5 +306,10 @@ KERNELS = register_kernel(KernelSpec(
                                    np.zeros((), np_dtype(dt))]),
         *(Case(f"{kind}_even", s, {"scale": float(s[0][3]) ** -0.5}, make=_masked(kind, s))
           for kind, s in EVEN_SHAPES.items()),
+        # has_mask 0: the mask input (here a causal one) is ignored; 130 keys and 128 (EVEN)
+        *(Case(f"has_mask_0_{n}", ((2, 2, 70, 32), (2, 2, n, 32), (2, 2, n, 32), (70, n)),
+               {"scale": 32 ** -0.5, "has_mask": 0},
+               make=_masked("causal", ((2, 2, 70, 32), (2, 2, n, 32), (2, 2, n, 32))))
+          for n in (130, 128)),
     ),
 ))

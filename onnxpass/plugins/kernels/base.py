@@ -291,6 +291,9 @@ def aot_kernel(plugin: str, shapes: Sequence[Sequence[Dim]], dtypes: Sequence[st
 
     spec, k = get_plugin(plugin), _kernel(plugin)
     _check_dtypes(k, dtypes)
+    if "max_shared" in inspect.signature(cast(Callable[..., Any], k.plan)).parameters:
+        # a plan with configs for JIT launches only (Triton's launcher opts in to > 48 KB)
+        plan_options.setdefault("max_shared", AOT_SHARED_LIMIT)
     plan = k.plan(shapes, list(dtypes), spec.attr_values(attrs),  # type: ignore[misc]
                   **plan_options)
     ptr_dtypes = list(dtypes) + spec.output_dtypes(dtypes)
