@@ -1,11 +1,21 @@
 """Probes: which detail of a kernel costs time against its peer, each variant timed in CUDA graphs
 over rotating buffers (bench/timing.py) in the same run as the peer. GPU only:
 
-    python bench/probe_kernels.py --out $OUT [--parts norms,attention]
+    python bench/probe_kernels.py --out $OUT [--parts norms,attention,pointwise,ties,...]
 
-- norms: variants of the LayerNorm rows kernel (VARIANTS: the shift of the mean, int32 or
-  int64 offsets, rsqrt, a static row count, no row mask) at bench/plugins.py's LayerNorm
-  shapes, against torch.compile of the decomposed op (Inductor's kernel);
+- ties: bench/plugins.py's rows within about 1% of their peer, kernel, torch.compile and copy
+  timed in alternating rounds;
+- inductor: the config Inductor launches (read from its autotuner) and its own kernel
+  launched by plain Triton, next to the compiled function and ours (LayerNorm at ViT
+  bfloat16, AddBiasTranspose Q);
+- configs: LayerNorm with one warp (Inductor's config at ViT) at every LayerNorm shape, and
+  AddBiasTranspose Q in Inductor's unmasked flat form;
+- pointwise: rotary (both forms) and AddBiasTranspose Q against Inductor's kernels: flat
+  walks, whole rows with a second load for each element's partner, the interleaved pairs
+  loaded as one tile and split, or as 32-bit words;
+- norms (with attention, the default parts): variants of the LayerNorm rows kernel (VARIANTS:
+  the shift of the mean, int32 or int64 offsets, rsqrt, a static row count, no row mask) at
+  bench/plugins.py's LayerNorm shapes, against torch.compile of the decomposed op;
 - attention: the shipped kernel's launch configs (with their shared memory) and a variant
   kernel (FOLD: exp2(s c - m c) as one FMA on unscaled scores, valid without a mask; EVEN:
   whole key tiles) at DETR's cross-attention and 16x8x4096x64, against SDPA's default backend.
@@ -319,7 +329,7 @@ def abt_flat(x_ptr, bias_ptr, y_ptr, NUMEL: tl.constexpr, SEQ: tl.constexpr,
     # order) or over x (OVER_X: loads contiguous, stores in D-long runs)
     i = tl.program_id(0) * XBLOCK + tl.arange(0, XBLOCK)
     if EVEN:
-        m = i >= 0
+        m = None  # Inductor's form: no mask at all
     else:
         m = i < NUMEL
     if OVER_X:
@@ -339,11 +349,15 @@ def abt_flat(x_ptr, bias_ptr, y_ptr, NUMEL: tl.constexpr, SEQ: tl.constexpr,
         c = h * D + j
         xi = (b * SEQ + s) * (H * D) + c
         yi = i
-    if EVICT:
+    if EVEN:
+        bias = tl.load(bias_ptr + c, eviction_policy="evict_last")
+        x = tl.load(x_ptr + xi)
+    elif EVICT:
         bias = tl.load(bias_ptr + c, mask=m, other=0.0, eviction_policy="evict_last")
+        x = tl.load(x_ptr + xi, mask=m, other=0.0)
     else:
         bias = tl.load(bias_ptr + c, mask=m, other=0.0)
-    x = tl.load(x_ptr + xi, mask=m, other=0.0)
+        x = tl.load(x_ptr + xi, mask=m, other=0.0)
     y = x.to(tl.float32) + bias.to(tl.float32)
     tl.store(y_ptr + yi, y.to(y_ptr.dtype.element_ty), mask=m)
 
@@ -540,6 +554,227 @@ def probe_pointwise(say, t0, dtypes, only=("rotate-half", "interleaved", "ABT Q"
     return out
 
 
+TIE_ROWS = [("LayerNormPlugin", "ViT-B/16 64x197", "bfloat16"),
+            ("LayerNormPlugin", "ViT-B/16 64x197", "float16"),
+            ("LayerNormPlugin", "DETR-R50 8x850 encoder", "float16"),
+            ("L2NormPlugin", "MST++ b20 128x128 stage 1", "float16"),
+            ("L2NormPlugin", "MST++ b20 128x128 stage 1", "bfloat16"),
+            ("AddBiasTransposePlugin", "ViT-B/16 64x197 Q", "float16"),
+            ("AddBiasTransposePlugin", "ViT-B/16 64x197 Q", "bfloat16"),
+            ("RotaryEmbeddingPlugin", "Llama-7B Q 4x2048", "float16"),
+            ("RotaryEmbeddingPlugin", "Llama-7B Q 4x2048", "bfloat16")]
+
+
+def probe_ties(say, t0, rounds=5):
+    """bench/plugins.py's rows where kernel and peer come within about 1%: the kernel, both
+    torch.compile forms and the copy timed in ``rounds`` alternating rounds (so a drift of the
+    GPU's clock over the row cannot favour the one timed later), each round's ratio kept."""
+    import statistics
+
+    import torch
+
+    from bench.plugins import CASES, compiled, decomposed_fn, inputs, shapes_of, torch_fn
+    from bench.timing import graph_stats, rotations_for
+    from onnxpass.plugins import get_plugin
+    from onnxpass.plugins.kernels import get_kernel
+    from onnxpass.plugins.kernels.base import launch
+
+    out = []
+    for plugin, label, dt in TIE_ROWS:
+        x, attrs = next((c[2], c[3]) for c in CASES if c[0] == plugin and c[1] == label)
+        shapes = shapes_of(plugin, x)
+        ins = inputs(plugin, shapes, dt)
+        values = get_plugin(plugin).attr_values(attrs)
+        pl = get_kernel(plugin).plan(shapes, [dt] * len(ins), values)
+        y = torch.empty(get_plugin(plugin).output_shapes(shapes, values)[0], dtype=ins[0].dtype,
+                        device="cuda")
+        nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
+        rot = rotations_for(nbytes)
+        half = max(16, nbytes // 2 // 16 * 16)
+        prepare, f = torch_fn(plugin, attrs)
+        fns = {"kernel": (lambda i_, o_: launch(pl, i_, o_),
+                          lambda i: ([t.clone() for t in ins], [torch.empty_like(y)])),
+               "compile_decomposed": (compiled(("tie", label, dt, "d"),
+                                               decomposed_fn(plugin, attrs)),
+                                      lambda i: [t.clone() for t in ins]),
+               "compile_torch": (compiled(("tie", label, dt, "t"), f),
+                                 lambda i: prepare([t.clone() for t in ins])),
+               "copy": (lambda s, d: d.copy_(s),
+                        lambda i: (torch.zeros(half // 8, dtype=torch.int64, device="cuda"),
+                                   torch.empty(half // 8, dtype=torch.int64, device="cuda")))}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(rounds):
+            for name, (fn, mk) in fns.items():
+                times[name].append(graph_stats(fn, mk, rot)["us"])
+        med = {k: statistics.median(v) for k, v in times.items()}
+        peer = [min(times["compile_decomposed"][i], times["compile_torch"][i])
+                for i in range(rounds)]
+        ratios = [p / k for p, k in zip(peer, times["kernel"])]
+        row = {"plugin": plugin, "label": label, "dtype": dt, "times": times, "median": med,
+               "ratios": ratios, "grid": [int(g) for g in pl.grid], "warps": pl.num_warps}
+        comp = min(med["compile_decomposed"], med["compile_torch"])
+        say(f"[{time.time() - t0:6.1f}s] {plugin} {label} {dt}: kernel {med['kernel']:.3f} us, "
+            f"compile {comp:.3f}, copy {med['copy']:.3f}; per-round vs compile "
+            + " ".join(f"{r:.3f}" for r in ratios))
+        out.append(row)
+        torch.cuda.empty_cache()
+    return out
+
+
+def _inductor_kernels() -> dict[str, Any]:
+    """Every Triton kernel Inductor has loaded in this process, by name: its autotuner (with
+    the config it launches) and the JITFunction behind it."""
+    from torch._inductor.codecache import PyCodeCache
+
+    found: dict[str, Any] = {}
+    mods = getattr(PyCodeCache, "modules", None) or getattr(PyCodeCache, "cache", {})
+    for mod in list(mods.values() if isinstance(mods, dict) else mods):
+        for name in dir(mod):
+            obj = getattr(mod, name, None)
+            if name.startswith("triton_") and hasattr(obj, "launchers") and hasattr(obj, "fn"):
+                found[name] = obj
+    return found
+
+
+def probe_inductor(say, t0, rounds=5):
+    """LayerNorm at ViT (bfloat16) and AddBiasTranspose Q (float16, bfloat16), where the kernel
+    stays about 1% behind torch.compile: Inductor's own kernel (its JITFunction and the config
+    it launches) launched by plain Triton, next to the compiled function and the shipped
+    kernel, in alternating rounds."""
+    import statistics
+
+    import torch
+
+    from bench.plugins import CASES, compiled, decomposed_fn, inputs, shapes_of
+    from bench.timing import graph_stats, rotations_for
+    from onnxpass.plugins import get_plugin
+    from onnxpass.plugins.kernels import get_kernel
+    from onnxpass.plugins.kernels.base import launch
+
+    rows = [("LayerNormPlugin", "ViT-B/16 64x197", "bfloat16"),
+            ("AddBiasTransposePlugin", "ViT-B/16 64x197 Q", "float16"),
+            ("AddBiasTransposePlugin", "ViT-B/16 64x197 Q", "bfloat16")]
+    out = []
+    for plugin, label, dt in rows:
+        x, attrs = next((c[2], c[3]) for c in CASES if c[0] == plugin and c[1] == label)
+        shapes = shapes_of(plugin, x)
+        ins = inputs(plugin, shapes, dt)
+        values = get_plugin(plugin).attr_values(attrs)
+        pl = get_kernel(plugin).plan(shapes, [dt] * len(ins), values)
+        y = torch.empty(get_plugin(plugin).output_shapes(shapes, values)[0], dtype=ins[0].dtype,
+                        device="cuda")
+        launch(pl, ins, [y])
+        before = set(_inductor_kernels())
+        cf = compiled(("ind", label, dt), decomposed_fn(plugin, attrs))
+        got = cf(*ins)
+        new = {k: v for k, v in _inductor_kernels().items() if k not in before}
+        row: dict[str, Any] = {"plugin": plugin, "label": label, "dtype": dt, "kernels": {}}
+        fns = {"kernel": (lambda i_, o_: launch(pl, i_, o_), None),
+               "compile": (cf, None)}
+        for name, at in new.items():
+            cfgs = [(dict(lc.config.kwargs), lc.config.num_warps, lc.config.num_stages)
+                    for lc in at.launchers]
+            row["kernels"][name] = [str(c) for c in cfgs]
+            say(f"   inductor kernel {name}: launches {cfgs}")
+            if len(new) == 1 and len(cfgs) == 1:
+                kw, w, st = cfgs[0]
+                blk = kw.get("XBLOCK", 1)
+                n = y.numel() if plugin != "LayerNormPlugin" else y.numel() // y.shape[-1]
+                grid = (triton.cdiv(n, blk),)
+
+                def ind(*a, at=at, kw=kw, w=w, st=st, grid=grid):
+                    extra = (0, 0) if plugin == "LayerNormPlugin" else (0,)
+                    at.fn[grid](*a, *extra, **kw, num_warps=w, num_stages=st)
+                yy = torch.empty_like(y)
+                try:
+                    ind(*ins, yy)
+                    row["inductor_kernel_err"] = (yy.float() - got.float()).abs().max().item()
+                    fns["inductor kernel, plain triton"] = (lambda i_, o_: ind(*i_, *o_), None)
+                except Exception as exc:
+                    say(f"   plain launch failed: {type(exc).__name__}: {str(exc)[:200]}")
+        nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
+        rot = rotations_for(nbytes)
+        makes = {"kernel": lambda i: ([t.clone() for t in ins], [torch.empty_like(y)]),
+                 "compile": lambda i: [t.clone() for t in ins],
+                 "inductor kernel, plain triton":
+                     lambda i: ([t.clone() for t in ins], [torch.empty_like(y)])}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(rounds):
+            for k, (fn, _) in fns.items():
+                times[k].append(graph_stats(fn, makes[k], rot)["us"])
+        row["times"] = times
+        say(f"[{time.time() - t0:6.1f}s] {plugin} {label} {dt}: "
+            + "; ".join(f"{k} {statistics.median(v):.3f} us" for k, v in times.items())
+            + f"; err {row.get('inductor_kernel_err')}")
+        out.append(row)
+    return out
+
+
+
+def probe_configs(say, t0, rounds=3):
+    """LayerNorm's launch configs with one warp (Inductor launches ViT's 768-wide rows one per
+    program with one warp) and AddBiasTranspose Q in Inductor's unmasked flat form, each next
+    to torch.compile in alternating rounds."""
+    import statistics
+
+    import torch
+
+    from bench.plugins import CASES, compiled, decomposed_fn, inputs, shapes_of
+    from bench.timing import graph_stats, rotations_for
+    from onnxpass.plugins import get_plugin
+    from onnxpass.plugins.kernels import get_kernel
+    from onnxpass.plugins.kernels.base import launch
+
+    out = []
+    for plugin, label, x, attrs in CASES:
+        if plugin not in ("LayerNormPlugin", "AddBiasTransposePlugin") or "K^T" in label:
+            continue
+        for dt in ("float16", "bfloat16"):
+            shapes = shapes_of(plugin, x)
+            ins = inputs(plugin, shapes, dt)
+            values = get_plugin(plugin).attr_values(attrs)
+            k = get_kernel(plugin)
+            y = torch.empty(get_plugin(plugin).output_shapes(shapes, values)[0],
+                            dtype=ins[0].dtype, device="cuda")
+            nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
+            rot = rotations_for(nbytes)
+            fns: dict[str, Any] = {}
+            cf = compiled(("cfg", label, dt), decomposed_fn(plugin, attrs))
+            fns["compile"] = (cf, lambda i: [t.clone() for t in ins])
+            mk = lambda i: ([t.clone() for t in ins], [torch.empty_like(y)])
+            cfgs = ([{}, {"rows_per_program": 1, "num_warps": 1},
+                     {"rows_per_program": 2, "num_warps": 1},
+                     {"rows_per_program": 4, "num_warps": 1},
+                     {"rows_per_program": 1, "num_warps": 2}]
+                    if plugin == "LayerNormPlugin" else [{}])
+            for cfg in cfgs:
+                pl = k.plan(shapes, [dt] * len(ins), values, **cfg)  # type: ignore[misc]
+                fns[f"kernel {cfg}"] = (lambda i_, o_, pl=pl: launch(pl, i_, o_), mk)
+            if plugin == "AddBiasTransposePlugin":
+                B, S, N = x
+                Hh = attrs["num_heads"]
+                numel = B * S * N
+                for xb in (1024, 2048):
+                    fns[f"flat unmasked xb{xb}"] = (
+                        lambda i_, o_, xb=xb: abt_flat[(triton.cdiv(numel, xb),)](
+                            *i_, *o_, NUMEL=numel, SEQ=S, H=Hh, D=N // Hh, XBLOCK=xb,
+                            EVEN=numel % xb == 0, OVER_X=0, EVICT=1, num_warps=4), mk)
+            times: dict[str, list[float]] = {n: [] for n in fns}
+            for _ in range(rounds):
+                for n, (fn, m) in fns.items():
+                    try:
+                        times[n].append(graph_stats(fn, m, rot)["us"])
+                    except Exception as exc:
+                        say(f"   {n}: {type(exc).__name__}: {str(exc)[:150]}")
+            med = {n: statistics.median(v) for n, v in times.items() if v}
+            say(f"[{time.time() - t0:6.1f}s] {plugin} {label} {dt}: compile {med['compile']:.3f}; "
+                + "; ".join(f"{n} {v:.3f} ({med['compile'] / v:.3f}x)" for n, v in med.items()
+                            if n != "compile"))
+            out.append({"plugin": plugin, "label": label, "dtype": dt, "times": times})
+            torch.cuda.empty_cache()
+    return out
+
+
 SHAPES = [("ViT 64x197x768", 64 * 197, 768), ("MobileViT s3 256x256x144", 256 * 256, 144),
           ("MobileViT s4 256x64x192", 256 * 64, 192), ("MobileViT s5 256x16x240", 256 * 16, 240),
           ("DETR 850x8x256", 850 * 8, 256), ("anchor 32768x1024", 32768, 1024)]
@@ -598,6 +833,15 @@ def main() -> int:
         log.flush()
 
     t0 = time.time()
+    if "configs" in args.parts:
+        cf = probe_configs(say, t0)
+        (args.out / "probe_configs.json").write_text(json.dumps(cf, indent=1))
+    if "inductor" in args.parts:
+        ind = probe_inductor(say, t0)
+        (args.out / "probe_inductor.json").write_text(json.dumps(ind, indent=1, default=str))
+    if "ties" in args.parts:
+        ties = probe_ties(say, t0)
+        (args.out / "probe_ties.json").write_text(json.dumps(ties, indent=1))
     if "pointwise" in args.parts:
         pw = probe_pointwise(say, t0, args.dtypes.split(","),
                              tuple(args.pointwise_cases.split(",")), args.pointwise_flat)
