@@ -554,6 +554,31 @@ def probe_pointwise(say, t0, dtypes, only=("rotate-half", "interleaved", "ABT Q"
     return out
 
 
+def _bench_row(plugin: str, label: str, dt: str) -> Any:
+    """bench/plugins.py's CASES row (plugin, label) in dtype dt, set up as its graph rows are:
+    x's shape, attrs, input shapes, inputs, attribute values, the shipped plan, an output, and
+    the rotations of the CUDA-graph timing."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.plugins import CASES, inputs, shapes_of
+    from bench.timing import rotations_for
+    from onnxpass.plugins import get_plugin
+    from onnxpass.plugins.kernels import get_kernel
+
+    x, attrs = next((c[2], c[3]) for c in CASES if c[0] == plugin and c[1] == label)
+    shapes = shapes_of(plugin, x)
+    ins = inputs(plugin, shapes, dt)
+    values = get_plugin(plugin).attr_values(attrs)
+    plan = get_kernel(plugin).plan(shapes, [dt] * len(ins), values)  # type: ignore[misc]
+    y = torch.empty(get_plugin(plugin).output_shapes(shapes, values)[0], dtype=ins[0].dtype,
+                    device="cuda")
+    nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
+    return SimpleNamespace(x=x, attrs=attrs, shapes=shapes, ins=ins, values=values, plan=plan,
+                           y=y, nbytes=nbytes, rot=rotations_for(nbytes))
+
+
 TIE_ROWS = [("LayerNormPlugin", "ViT-B/16 64x197", "bfloat16"),
             ("LayerNormPlugin", "ViT-B/16 64x197", "float16"),
             ("LayerNormPlugin", "DETR-R50 8x850 encoder", "float16"),
@@ -573,23 +598,14 @@ def probe_ties(say, t0, rounds=5):
 
     import torch
 
-    from bench.plugins import CASES, compiled, decomposed_fn, inputs, shapes_of, torch_fn
-    from bench.timing import graph_stats, rotations_for
-    from onnxpass.plugins import get_plugin
-    from onnxpass.plugins.kernels import get_kernel
+    from bench.plugins import compiled, decomposed_fn, torch_fn
+    from bench.timing import graph_stats
     from onnxpass.plugins.kernels.base import launch
 
     out = []
     for plugin, label, dt in TIE_ROWS:
-        x, attrs = next((c[2], c[3]) for c in CASES if c[0] == plugin and c[1] == label)
-        shapes = shapes_of(plugin, x)
-        ins = inputs(plugin, shapes, dt)
-        values = get_plugin(plugin).attr_values(attrs)
-        pl = get_kernel(plugin).plan(shapes, [dt] * len(ins), values)
-        y = torch.empty(get_plugin(plugin).output_shapes(shapes, values)[0], dtype=ins[0].dtype,
-                        device="cuda")
-        nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
-        rot = rotations_for(nbytes)
+        r = _bench_row(plugin, label, dt)
+        attrs, ins, pl, y, nbytes, rot = r.attrs, r.ins, r.plan, r.y, r.nbytes, r.rot
         half = max(16, nbytes // 2 // 16 * 16)
         prepare, f = torch_fn(plugin, attrs)
         fns = {"kernel": (lambda i_, o_: launch(pl, i_, o_),
@@ -645,10 +661,8 @@ def probe_inductor(say, t0, rounds=5):
 
     import torch
 
-    from bench.plugins import CASES, compiled, decomposed_fn, inputs, shapes_of
-    from bench.timing import graph_stats, rotations_for
-    from onnxpass.plugins import get_plugin
-    from onnxpass.plugins.kernels import get_kernel
+    from bench.plugins import compiled, decomposed_fn
+    from bench.timing import graph_stats
     from onnxpass.plugins.kernels.base import launch
 
     rows = [("LayerNormPlugin", "ViT-B/16 64x197", "bfloat16"),
@@ -656,13 +670,8 @@ def probe_inductor(say, t0, rounds=5):
             ("AddBiasTransposePlugin", "ViT-B/16 64x197 Q", "bfloat16")]
     out = []
     for plugin, label, dt in rows:
-        x, attrs = next((c[2], c[3]) for c in CASES if c[0] == plugin and c[1] == label)
-        shapes = shapes_of(plugin, x)
-        ins = inputs(plugin, shapes, dt)
-        values = get_plugin(plugin).attr_values(attrs)
-        pl = get_kernel(plugin).plan(shapes, [dt] * len(ins), values)
-        y = torch.empty(get_plugin(plugin).output_shapes(shapes, values)[0], dtype=ins[0].dtype,
-                        device="cuda")
+        r = _bench_row(plugin, label, dt)
+        attrs, ins, pl, y, rot = r.attrs, r.ins, r.plan, r.y, r.rot
         launch(pl, ins, [y])
         before = set(_inductor_kernels())
         cf = compiled(("ind", label, dt), decomposed_fn(plugin, attrs))
@@ -692,8 +701,6 @@ def probe_inductor(say, t0, rounds=5):
                     fns["inductor kernel, plain triton"] = (lambda i_, o_: ind(*i_, *o_), None)
                 except Exception as exc:
                     say(f"   plain launch failed: {type(exc).__name__}: {str(exc)[:200]}")
-        nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
-        rot = rotations_for(nbytes)
         makes = {"kernel": lambda i: ([t.clone() for t in ins], [torch.empty_like(y)]),
                  "compile": lambda i: [t.clone() for t in ins],
                  "inductor kernel, plain triton":
