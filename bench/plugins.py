@@ -704,7 +704,11 @@ def graph_row(plugin: str, label: str, dtype: str, ins: list[Any], y: Any, plan:
             g.setdefault("errors", {})["compile_" + form] = f"{type(exc).__name__}: {exc}"[:300]
             continue
         before, t = _dynamo_graphs(), time.time()
-        cf(*make(0))  # compiled (and autotuned) outside the timing
+        try:
+            cf(*make(0))  # torch.compile compiles (and autotunes) here, outside the timing
+        except Exception as exc:
+            g.setdefault("errors", {})["compile_" + form] = f"{type(exc).__name__}: {exc}"[:300]
+            continue
         g[f"compile_{form}_graphs"] = _dynamo_graphs() - before  # 1 (or 0, cached): no more
         g[f"compile_{form}_s"] = time.time() - t
         timed.append(("compile_" + form, cf, make))

@@ -110,7 +110,7 @@ ATTENTION = [
     Edge("AttentionPlugin", "plus_inf_mask", _attention(_plus_inf_mask), {"scale": 0.25}),
     Edge("AttentionPlugin", "scalar_finfo_min", _attention(lambda t: np.array(np.finfo(t).min))),
     Edge("AttentionPlugin", "seq_1", _attention(lambda t: np.zeros(()), 1, 1)),
-    # a scalar 0 mask takes the kernel's folded loop (unscaled scores): the same inf/NaN rules
+    # a scalar 0 mask with has_mask 1 (the default): natural units, the same inf/NaN rules
     Edge("AttentionPlugin", "no_mask_huge_scores", _attention(lambda t: np.zeros(()),
                                                               q_scale=1e15)),
     Edge("AttentionPlugin", "no_mask_even_keys", _attention(lambda t: np.zeros(()), l=128)),
