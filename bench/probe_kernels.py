@@ -8,6 +8,9 @@ over rotating buffers (bench/timing.py) in the same run as the peer. GPU only:
 - inductor: the config Inductor launches (read from its autotuner) and its own kernel
   launched by plain Triton, next to the compiled function and ours (LayerNorm at ViT
   bfloat16, AddBiasTranspose Q);
+- grid: GRID_ROWS, a bench row's shipped plan and a grid of plan keyword arguments
+  (LayerNorm's launch configs at ViT, L2Norm split over programs at MST++ b1), alternating
+  rounds with both torch.compile forms and a copy;
 - configs: LayerNorm with one warp (Inductor's config at ViT) at every LayerNorm shape, and
   AddBiasTranspose Q in Inductor's unmasked flat form;
 - pointwise: rotary (both forms) and AddBiasTranspose Q against Inductor's kernels: flat
@@ -26,6 +29,7 @@ docs/plugins.md says what these measured and what the kernels took from it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,6 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton
 import triton.language as tl
+
+from onnxpass.plugins.kernels.base import jit
+from onnxpass.plugins.kernels.layernorm import row_tile
 
 
 @triton.jit
@@ -782,6 +789,119 @@ def probe_configs(say, t0, rounds=3):
     return out
 
 
+@jit
+def ln_rows_v(x_ptr, gamma_ptr, beta_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr,
+              N: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
+              EVEN_ROWS: tl.constexpr, I64: tl.constexpr, EARLY: tl.constexpr,
+              Y_FROM_X: tl.constexpr):
+    """layernorm_rows with Inductor's details as flags: gamma and beta loaded with x (EARLY),
+    y from x - mean unmasked rather than the masked deviations (Y_FROM_X)."""
+    cols, col_ok, mask, offs = row_tile(n_rows, N, BLOCK_N, ROWS, EVEN_ROWS, I64)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if EARLY:
+        g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0,
+                    eviction_policy="evict_last").to(tl.float32)
+        b = tl.load(beta_ptr + cols, mask=col_ok, other=0.0,
+                    eviction_policy="evict_last").to(tl.float32)
+    mean = tl.sum(x, axis=1, keep_dims=True) / N
+    d = tl.where(mask, x - mean, 0.0)
+    rstd = tl.rsqrt(tl.sum(d * d, axis=1) / N + EPS)
+    if not EARLY:
+        g = tl.load(gamma_ptr + cols, mask=col_ok, other=0.0,
+                    eviction_policy="evict_last").to(tl.float32)
+        b = tl.load(beta_ptr + cols, mask=col_ok, other=0.0,
+                    eviction_policy="evict_last").to(tl.float32)
+    if Y_FROM_X:
+        y = (x - mean) * rstd[:, None] * g[None, :] + b[None, :]
+    else:
+        y = d * rstd[:, None] * g[None, :] + b[None, :]
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+PROBE_KERNELS = {"ln_rows_v": ln_rows_v}
+
+# (plugin, bench/plugins.py label, plan keyword arguments to time besides the shipped plan;
+# "_kernel": (name in PROBE_KERNELS, extra constexprs) launches a probe kernel in that plan)
+GRID_ROWS = [
+    ("LayerNormPlugin", "ViT-B/16 64x197",
+     [{"rows_per_program": r, "num_warps": w, **k} for r, w in ((1, 1), (2, 2), (2, 4))
+      for k in ({}, {"_kernel": ("ln_rows_v", {"EARLY": 0, "Y_FROM_X": 1})},
+                {"_kernel": ("ln_rows_v", {"EARLY": 1, "Y_FROM_X": 1})},
+                {"_kernel": ("ln_rows_v", {"EARLY": 1, "Y_FROM_X": 0})})]),
+    ("L2NormPlugin", "MST++ b1 482x512 stage 1",
+     [{"split": s, "num_warps": 32, "block_n": b} for s in (2, 4, 8) for b in (8192, 16384)]),
+]
+
+
+def probe_grid(say, t0, dtypes=("float16", "bfloat16"), rounds=5):
+    """GRID_ROWS: the shipped plan and each listed config of a bench row, next to both
+    torch.compile forms and a copy of the row's bytes, in ``rounds`` alternating rounds;
+    the median of each, and its ratio to the better compile form."""
+    import statistics
+
+    import torch
+
+    from bench.plugins import compiled, decomposed_fn, torch_fn
+    from bench.timing import graph_stats
+    from onnxpass.plugins.kernels import get_kernel
+    from onnxpass.plugins.kernels.base import launch
+
+    out = []
+    for plugin, label, cfgs in GRID_ROWS:
+        for dt in dtypes:
+            r = _bench_row(plugin, label, dt)
+            ins, y, rot, k = r.ins, r.y, r.rot, get_kernel(plugin)
+            half = max(16, r.nbytes // 2 // 16 * 16)
+            mk = lambda i: ([t.clone() for t in ins], [torch.empty_like(y)])
+            prepare, f = torch_fn(plugin, r.attrs)
+            fns: dict[str, Any] = {
+                "compile_decomposed": (compiled(("grid", label, dt, "d"),
+                                                decomposed_fn(plugin, r.attrs)),
+                                       lambda i: [t.clone() for t in ins]),
+                "compile_torch": (compiled(("grid", label, dt, "t"), f),
+                                  lambda i: prepare([t.clone() for t in ins])),
+                "copy": (lambda s_, d_: d_.copy_(s_),
+                         lambda i: (torch.zeros(half // 8, dtype=torch.int64, device="cuda"),
+                                    torch.empty(half // 8, dtype=torch.int64, device="cuda")))}
+            errs = {}
+            want = fns["compile_decomposed"][0](*ins).float()
+            for cfg in [{}, *cfgs]:
+                kw = {a: b for a, b in cfg.items() if a != "_kernel"}
+                pl = k.plan(r.shapes, [dt] * len(ins), r.values, **kw)  # type: ignore[misc]
+                name = "shipped" if not cfg else " ".join(f"{a}={b}" for a, b in kw.items())
+                if "_kernel" in cfg:
+                    kname, extra = cfg["_kernel"]
+                    pl = dataclasses.replace(pl, kernel=PROBE_KERNELS[kname],
+                                             constexprs={**pl.constexprs, **extra})
+                    name += f" {kname} " + " ".join(f"{a}={b}" for a, b in extra.items())
+                yy = torch.empty_like(y)
+                try:
+                    launch(pl, ins, [yy])
+                except Exception as exc:
+                    say(f"   {name}: {type(exc).__name__}: {str(exc)[:150]}")
+                    continue
+                errs[name] = (yy.float() - want).abs().max().item()
+                fns[name] = (lambda i_, o_, pl=pl: launch(pl, i_, o_), mk)
+            times: dict[str, list[float]] = {n: [] for n in fns}
+            for _ in range(rounds):
+                for n, (fn, m) in fns.items():
+                    times[n].append(graph_stats(fn, m, rot)["us"])
+            med = {n: statistics.median(v) for n, v in times.items()}
+            comp = min(med["compile_decomposed"], med["compile_torch"])
+            ranked = sorted((n for n in med if n not in ("compile_decomposed", "compile_torch",
+                                                         "copy")), key=med.__getitem__)
+            say(f"[{time.time() - t0:6.1f}s] {plugin} {label} {dt}: compile {comp:.3f} us "
+                f"(decomposed {med['compile_decomposed']:.3f}, torch {med['compile_torch']:.3f}),"
+                f" copy {med['copy']:.3f}")
+            for n in ranked:
+                say(f"   {n:40s} {med[n]:8.3f} us  {comp / med[n]:.3f}x compile  "
+                    f"{med['copy'] / med[n]:.3f}x copy  max err {errs[n]:.3g}  rounds "
+                    + " ".join(f"{t:.2f}" for t in times[n]))
+            out.append({"plugin": plugin, "label": label, "dtype": dt, "times": times,
+                        "errors": errs})
+            torch.cuda.empty_cache()
+    return out
+
 SHAPES = [("ViT 64x197x768", 64 * 197, 768), ("MobileViT s3 256x256x144", 256 * 256, 144),
           ("MobileViT s4 256x64x192", 256 * 64, 192), ("MobileViT s5 256x16x240", 256 * 16, 240),
           ("DETR 850x8x256", 850 * 8, 256), ("anchor 32768x1024", 32768, 1024)]
@@ -840,6 +960,9 @@ def main() -> int:
         log.flush()
 
     t0 = time.time()
+    if "grid" in args.parts:
+        gr = probe_grid(say, t0, tuple(args.dtypes.split(",")))
+        (args.out / "probe_grid.json").write_text(json.dumps(gr, indent=1))
     if "configs" in args.parts:
         cf = probe_configs(say, t0)
         (args.out / "probe_configs.json").write_text(json.dumps(cf, indent=1))

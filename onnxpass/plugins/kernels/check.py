@@ -12,6 +12,7 @@ process cannot do both: tests run these as subprocesses.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import sys
@@ -135,12 +136,16 @@ def aot_report(k: KernelSpec, case: Case, dtype: str, target: Any, symbolic: boo
     shapes, env = symbolic_batch(case) if symbolic else ([list(s) for s in case.shapes], {})
     dtypes = [str(a.dtype) for a in case.inputs(dtype)]  # masks keep their own dtype
     a = aot_kernel(k.plugin, shapes, dtypes, attrs, target=target)
-    # a static row count may pick fewer rows a program (layernorm's MIN_PROGRAMS): compare
-    # the symbolic launch with the concrete one at the same rows a program
-    same = {}
+    # a static row count may pick fewer rows a program (layernorm's MIN_PROGRAMS) or split few
+    # rows over programs (l2norm's SPLIT_BELOW): compare the symbolic launch with the concrete
+    # one of the same choice
+    same: dict[str, int] = {}
     if symbolic:
-        rows = k.plan(shapes, dtypes, attrs).constexprs.get("ROWS")  # type: ignore[misc]
-        same = {} if rows is None else {"rows_per_program": rows}
+        c = k.plan(shapes, dtypes, attrs).constexprs  # type: ignore[misc]
+        if "ROWS" in c:
+            same["rows_per_program"] = c["ROWS"]
+        if "split" in inspect.signature(k.plan).parameters:  # type: ignore[arg-type]
+            same["split"] = c.get("SPLIT", 1)
     jit_plan = k.plan([list(s) for s in case.shapes], dtypes, attrs, **same)  # type: ignore[misc]
     grid = [value(g, env) for g in a.grid]
     args = [value(x, env) for x in a.args]

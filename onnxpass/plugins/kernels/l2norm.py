@@ -8,6 +8,10 @@ mode 0 and eps = 0 gives NaN, and mode 2 clips an infinite norm to FLT_MAX, as t
   in registers: x read once, y written once.
 - ``l2norm_looped`` (inner = 1, n known only at run time, or longer): one row per program, in
   chunks, x read twice.
+- ``l2norm_split`` (the same rows, fewer than SPLIT_BELOW of them): SPLIT programs a row, each
+  sums the whole row's squares in the same order (so every part of a row divides by the same
+  bits) and writes its part; the row is read about once from memory and the rest from L2.
+  One launch, and no program waits for another: a plugin's enqueue is one kernel.
 - ``l2norm_strided`` (inner > 1, e.g. axis 1 of NCHW): a program takes BLOCK_I neighbouring
   columns of one outer index and walks n in chunks, x read twice.
 """
@@ -34,6 +38,9 @@ from onnxpass.plugins.kernels.base import (
 )
 
 MAX_ROW = 16384
+# rows (static) under which a long row is split over programs: one program a row would keep
+# fewer than half the H200's 132 SMs busy
+SPLIT_BELOW = 66
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -90,6 +97,28 @@ def l2norm_looped(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.cons
 
 
 @jit
+def l2norm_split(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr,
+                 BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+    # program (row, s) sums the squares of the whole row, in the same order as the row's other
+    # programs (the same bits for every part of a row; their loads of a line at about the same
+    # time are one read from memory), then writes part s. Each part's own loop bounds: parts
+    # start at multiples of BLOCK_N, the last ones may be short or empty.
+    row = tl.program_id(0).to(tl.int64) * n_cols
+    cols = tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, n_cols, BLOCK_N):
+        x = tl.load(x_ptr + row + start + cols, mask=start + cols < n_cols, other=0.0)
+        acc += x.to(tl.float32) * x.to(tl.float32)
+    d = _denom(tl.sum(acc, axis=0), EPS, MODE)
+    part = tl.cdiv(tl.cdiv(n_cols, SPLIT), BLOCK_N) * BLOCK_N
+    lo = tl.program_id(1) * part
+    for start in range(lo, tl.minimum(lo + part, n_cols), BLOCK_N):
+        m = start + cols < n_cols
+        x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(y_ptr + row + start + cols, (x / d).to(y_ptr.dtype.element_ty), mask=m)
+
+
+@jit
 def l2norm_strided(x_ptr, n, inner, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr,
                    BLOCK_K: tl.constexpr, BLOCK_I: tl.constexpr):
     cols = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
@@ -111,7 +140,7 @@ def l2norm_strided(x_ptr, n, inner, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr
 
 def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
          rows_per_program: int | None = None, num_warps: int | None = None,
-         block_n: int | None = None) -> Launch:
+         block_n: int | None = None, split: int | None = None) -> Launch:
     x = shapes[0]
     axis = attrs["axis"] % len(x)
     outer, n, inner = prod(x[:axis]), x[axis], prod(x[axis + 1:])
@@ -122,6 +151,17 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                       constexprs={**c, "BLOCK_K": max(1, 2048 // bi), "BLOCK_I": bi},
                       num_warps=num_warps or 4)
     cols = static(n)
+    rows = static(outer)
+    if split is None and (cols is None or cols > MAX_ROW) and rows is not None \
+            and rows < SPLIT_BELOW:
+        split = 4
+    if split is not None and split > 1:
+        # MST++'s 31 rows of 246784 on the H200: 4 parts of 8192-element chunks, 32 warps,
+        # 17.0 us against 23.1 one program a row (bench/probe_kernels.py --parts grid);
+        # 8 parts 17.1, 2 parts 18.8, 16 warps 22-33
+        return Launch(l2norm_split, grid=(outer, split), args=(outer, n),
+                      constexprs={**c, "BLOCK_N": block_n or 8192, "SPLIT": split},
+                      num_warps=num_warps or 32)
     if cols is None or cols > MAX_ROW:
         # one program a row, 32 warps of 16-byte loads in flight: MST++'s 31 rows of 246784
         # (a row per SM) ran 2.6x faster than 8 warps of 2048 on the H200
@@ -142,7 +182,8 @@ def _zero_row(dtype: str, rng: np.random.Generator) -> list[np.ndarray]:
 
 # Launch configs bench/plugins.py --configs times at every bench shape (plan keyword arguments).
 CONFIGS = [{"rows_per_program": r, "num_warps": w} for r in (1, 2, 4) for w in (4, 8, 16)] + [
-    {"block_n": b, "num_warps": w} for b in (4096, 8192, 16384) for w in (8, 16, 32)]
+    {"block_n": b, "num_warps": w, "split": 1} for b in (4096, 8192, 16384) for w in (8, 16, 32)
+] + [{"split": s, "block_n": b, "num_warps": 32} for s in (2, 4, 8) for b in (8192, 16384)]
 
 
 KERNELS = register_kernel(KernelSpec(
@@ -155,6 +196,7 @@ KERNELS = register_kernel(KernelSpec(
         Case("max_zero_row", ((3, 5, 19),), {"eps": 1e-12, "mode": 1}, make=_zero_row),
         Case("no_eps_zero_row", ((3, 5, 19),), {"eps": 0.0, "mode": 0}, make=_zero_row),
         Case("channels_nchw", ((2, 6, 5, 7),), {"axis": 1, "eps": 1e-12, "mode": 2}),
-        Case("looped", ((3, 20001),), {"eps": 1e-12, "mode": 1}),
+        Case("split", ((3, 20001),), {"eps": 1e-12, "mode": 1}),
+        Case("looped", ((70, 16400),), {"eps": 1e-12, "mode": 0}),
     ),
 ))
