@@ -582,8 +582,30 @@ def _bench_row(plugin: str, label: str, dt: str) -> Any:
     y = torch.empty(get_plugin(plugin).output_shapes(shapes, values)[0], dtype=ins[0].dtype,
                     device="cuda")
     nbytes = sum(t.numel() * t.element_size() for t in [*ins, y])
-    return SimpleNamespace(x=x, attrs=attrs, shapes=shapes, ins=ins, values=values, plan=plan,
-                           y=y, nbytes=nbytes, rot=rotations_for(nbytes))
+    return SimpleNamespace(plugin=plugin, label=label, dt=dt, x=x, attrs=attrs, shapes=shapes,
+                           ins=ins, values=values, plan=plan, y=y, nbytes=nbytes,
+                           rot=rotations_for(nbytes))
+
+
+def _peers(r: Any, tag: str) -> dict[str, Any]:
+    """The peers of a _bench_row ``r``, as (fn, make) for graph_stats: torch.compile of the
+    decomposed op and of the torch call, and a copy of the row's bytes (half read, half
+    written)."""
+    import torch
+
+    from bench.plugins import compiled, decomposed_fn, torch_fn
+
+    ins = r.ins
+    half = max(16, r.nbytes // 2 // 16 * 16)
+    prepare, f = torch_fn(r.plugin, r.attrs)
+    return {"compile_decomposed": (compiled((tag, r.label, r.dt, "d"),
+                                            decomposed_fn(r.plugin, r.attrs)),
+                                   lambda i: [t.clone() for t in ins]),
+            "compile_torch": (compiled((tag, r.label, r.dt, "t"), f),
+                              lambda i: prepare([t.clone() for t in ins])),
+            "copy": (lambda s, d: d.copy_(s),
+                     lambda i: (torch.zeros(half // 8, dtype=torch.int64, device="cuda"),
+                                torch.empty(half // 8, dtype=torch.int64, device="cuda")))}
 
 
 TIE_ROWS = [("LayerNormPlugin", "ViT-B/16 64x197", "bfloat16"),
@@ -605,26 +627,16 @@ def probe_ties(say, t0, rounds=5):
 
     import torch
 
-    from bench.plugins import compiled, decomposed_fn, torch_fn
     from bench.timing import graph_stats
     from onnxpass.plugins.kernels.base import launch
 
     out = []
     for plugin, label, dt in TIE_ROWS:
         r = _bench_row(plugin, label, dt)
-        attrs, ins, pl, y, nbytes, rot = r.attrs, r.ins, r.plan, r.y, r.nbytes, r.rot
-        half = max(16, nbytes // 2 // 16 * 16)
-        prepare, f = torch_fn(plugin, attrs)
+        ins, pl, y, rot = r.ins, r.plan, r.y, r.rot
         fns = {"kernel": (lambda i_, o_: launch(pl, i_, o_),
                           lambda i: ([t.clone() for t in ins], [torch.empty_like(y)])),
-               "compile_decomposed": (compiled(("tie", label, dt, "d"),
-                                               decomposed_fn(plugin, attrs)),
-                                      lambda i: [t.clone() for t in ins]),
-               "compile_torch": (compiled(("tie", label, dt, "t"), f),
-                                 lambda i: prepare([t.clone() for t in ins])),
-               "copy": (lambda s, d: d.copy_(s),
-                        lambda i: (torch.zeros(half // 8, dtype=torch.int64, device="cuda"),
-                                   torch.empty(half // 8, dtype=torch.int64, device="cuda")))}
+               **_peers(r, "tie")}
         times: dict[str, list[float]] = {k: [] for k in fns}
         for _ in range(rounds):
             for name, (fn, mk) in fns.items():
@@ -829,7 +841,7 @@ GRID_ROWS = [
                 {"_kernel": ("ln_rows_v", {"EARLY": 1, "Y_FROM_X": 1})},
                 {"_kernel": ("ln_rows_v", {"EARLY": 1, "Y_FROM_X": 0})})]),
     ("L2NormPlugin", "MST++ b1 482x512 stage 1",
-     [{"split": s, "num_warps": 32, "block_n": b} for s in (2, 4, 8) for b in (8192, 16384)]),
+     [{"split": s, "num_warps": 32, "block_n": b} for s in (1, 2, 4, 8) for b in (8192, 16384)]),
 ]
 
 
@@ -841,7 +853,6 @@ def probe_grid(say, t0, dtypes=("float16", "bfloat16"), rounds=5):
 
     import torch
 
-    from bench.plugins import compiled, decomposed_fn, torch_fn
     from bench.timing import graph_stats
     from onnxpass.plugins.kernels import get_kernel
     from onnxpass.plugins.kernels.base import launch
@@ -851,18 +862,8 @@ def probe_grid(say, t0, dtypes=("float16", "bfloat16"), rounds=5):
         for dt in dtypes:
             r = _bench_row(plugin, label, dt)
             ins, y, rot, k = r.ins, r.y, r.rot, get_kernel(plugin)
-            half = max(16, r.nbytes // 2 // 16 * 16)
             mk = lambda i: ([t.clone() for t in ins], [torch.empty_like(y)])
-            prepare, f = torch_fn(plugin, r.attrs)
-            fns: dict[str, Any] = {
-                "compile_decomposed": (compiled(("grid", label, dt, "d"),
-                                                decomposed_fn(plugin, r.attrs)),
-                                       lambda i: [t.clone() for t in ins]),
-                "compile_torch": (compiled(("grid", label, dt, "t"), f),
-                                  lambda i: prepare([t.clone() for t in ins])),
-                "copy": (lambda s_, d_: d_.copy_(s_),
-                         lambda i: (torch.zeros(half // 8, dtype=torch.int64, device="cuda"),
-                                    torch.empty(half // 8, dtype=torch.int64, device="cuda")))}
+            fns: dict[str, Any] = _peers(r, "grid")
             errs = {}
             want = fns["compile_decomposed"][0](*ins).float()
             for cfg in [{}, *cfgs]:

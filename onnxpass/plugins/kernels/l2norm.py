@@ -6,12 +6,11 @@ mode 0 and eps = 0 gives NaN, and mode 2 clips an infinite norm to FLT_MAX, as t
 
 - ``l2norm_rows`` (inner = 1, n known when compiled, up to 16384): ROWS whole rows per program,
   in registers: x read once, y written once.
-- ``l2norm_looped`` (inner = 1, n known only at run time, or longer): one row per program, in
-  chunks, x read twice.
-- ``l2norm_split`` (the same rows, fewer than SPLIT_BELOW of them): SPLIT programs a row, each
-  sums the whole row's squares in the same order (so every part of a row divides by the same
-  bits) and writes its part; the row is read about once from memory and the rest from L2.
-  One launch, and no program waits for another: a plugin's enqueue is one kernel.
+- ``l2norm_looped`` (inner = 1, n known only at run time, or longer): SPLIT programs a row (1;
+  4 where there are fewer than SPLIT_BELOW rows), in chunks. Each sums the whole row's squares
+  in the same order (so every part of a row divides by the same bits), then writes its part:
+  x read twice, the second time from L2. One launch, and no program waits for another: a
+  plugin's enqueue is one kernel.
 - ``l2norm_strided`` (inner > 1, e.g. axis 1 of NCHW): a program takes BLOCK_I neighbouring
   columns of one outer index and walks n in chunks, x read twice.
 """
@@ -82,27 +81,11 @@ def l2norm_rows(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.conste
 
 @jit
 def l2norm_looped(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64) * n_cols
-    cols = tl.arange(0, BLOCK_N)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for start in range(0, n_cols, BLOCK_N):
-        x = tl.load(x_ptr + row + start + cols, mask=start + cols < n_cols, other=0.0)
-        acc += x.to(tl.float32) * x.to(tl.float32)
-    d = _denom(tl.sum(acc, axis=0), EPS, MODE)
-    for start in range(0, n_cols, BLOCK_N):
-        m = start + cols < n_cols
-        x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
-        tl.store(y_ptr + row + start + cols, (x / d).to(y_ptr.dtype.element_ty), mask=m)
-
-
-@jit
-def l2norm_split(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.constexpr,
-                 BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
+                  BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
     # program (row, s) sums the squares of the whole row, in the same order as the row's other
     # programs (the same bits for every part of a row; their loads of a line at about the same
-    # time are one read from memory), then writes part s. Each part's own loop bounds: parts
-    # start at multiples of BLOCK_N, the last ones may be short or empty.
+    # time are one read from memory), then writes part s of SPLIT. Parts start at multiples of
+    # BLOCK_N; the last ones may be short or empty.
     row = tl.program_id(0).to(tl.int64) * n_cols
     cols = tl.arange(0, BLOCK_N)
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -151,22 +134,17 @@ def plan(shapes: list[list[Any]], dtypes: list[str], attrs: dict[str, Any],
                       constexprs={**c, "BLOCK_K": max(1, 2048 // bi), "BLOCK_I": bi},
                       num_warps=num_warps or 4)
     cols = static(n)
-    rows = static(outer)
-    if split is None and (cols is None or cols > MAX_ROW) and rows is not None \
-            and rows < SPLIT_BELOW:
-        split = 4
-    if split is not None and split > 1:
-        # MST++'s 31 rows of 246784 on the H200: 4 parts of 8192-element chunks, 32 warps,
-        # 17.0 us against 23.1 one program a row (bench/probe_kernels.py --parts grid);
-        # 8 parts 17.1, 2 parts 18.8, 16 warps 22-33
-        return Launch(l2norm_split, grid=(outer, split), args=(outer, n),
-                      constexprs={**c, "BLOCK_N": block_n or 8192, "SPLIT": split},
-                      num_warps=num_warps or 32)
     if cols is None or cols > MAX_ROW:
         # one program a row, 32 warps of 16-byte loads in flight: MST++'s 31 rows of 246784
-        # (a row per SM) ran 2.6x faster than 8 warps of 2048 on the H200
-        return Launch(l2norm_looped, grid=(outer,), args=(outer, n),
-                      constexprs={**c, "BLOCK_N": block_n or 8192}, num_warps=num_warps or 32)
+        # (a row per SM) ran 2.6x faster than 8 warps of 2048 on the H200. Fewer than
+        # SPLIT_BELOW rows (static): 4 programs a row, 17.1 against 23.1 us there, where 8
+        # parts took 17.1-17.4, 2 parts 18.8, 16 warps 22-33 (bench/probe_kernels.py --parts grid)
+        rows = static(outer)
+        if split is None:
+            split = 4 if rows is not None and rows < SPLIT_BELOW else 1
+        return Launch(l2norm_looped, grid=(outer, split), args=(outer, n),
+                      constexprs={**c, "BLOCK_N": block_n or 8192, "SPLIT": split},
+                      num_warps=num_warps or 32)
     block = next_pow2(cols)
     r = rows_per_program or max(1, 2048 // block)
     w = num_warps or (4 if block * r <= 2048 else 8 if block * r <= 8192 else 16)
