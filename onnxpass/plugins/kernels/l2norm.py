@@ -93,9 +93,16 @@ def l2norm_looped(x_ptr, n_rows, n_cols, y_ptr, EPS: tl.constexpr, MODE: tl.cons
         x = tl.load(x_ptr + row + start + cols, mask=start + cols < n_cols, other=0.0)
         acc += x.to(tl.float32) * x.to(tl.float32)
     d = _denom(tl.sum(acc, axis=0), EPS, MODE)
-    part = tl.cdiv(tl.cdiv(n_cols, SPLIT), BLOCK_N) * BLOCK_N
-    lo = tl.program_id(1) * part
-    for start in range(lo, tl.minimum(lo + part, n_cols), BLOCK_N):
+    # SPLIT 1, the whole row: no part bounds from program_id(1) (MST++ b1 on the H200: 23.2
+    # against 24.0 us in float16, 24.2 against 25.9 in bfloat16 with them)
+    if SPLIT == 1:
+        lo = 0
+        hi = n_cols
+    else:
+        part = tl.cdiv(tl.cdiv(n_cols, SPLIT), BLOCK_N) * BLOCK_N
+        lo = tl.program_id(1) * part
+        hi = tl.minimum(lo + part, n_cols)
+    for start in range(lo, hi, BLOCK_N):
         m = start + cols < n_cols
         x = tl.load(x_ptr + row + start + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(y_ptr + row + start + cols, (x / d).to(y_ptr.dtype.element_ty), mask=m)
