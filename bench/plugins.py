@@ -609,9 +609,12 @@ def kernel_configs(plugin: str) -> list[dict[str, Any]]:
 def sweep_configs(g: dict[str, Any], plugin: str, planned: tuple[Any, Any, Any],
                   make: Callable[[int], Any], rotations: int) -> None:
     """Time each of the kernel's CONFIGS in the graph (g["configs"]) and name the fastest
-    (g["best_config"]); a config its plan does not take is skipped, one that fails recorded."""
+    (g["best_config"]); a config its plan does not take is skipped, one that fails recorded,
+    and one whose launch an earlier config already gave (a plan may ignore a keyword at some
+    shapes, say L2Norm's split where the rows kernel runs) is marked ``same_as`` that one."""
     shapes, dtypes, values = planned
     g["configs"] = []
+    seen: dict[str, dict[str, Any]] = {}
     for cfg in kernel_configs(plugin):
         c: dict[str, Any] = {"config": cfg}
         try:
@@ -621,7 +624,13 @@ def sweep_configs(g: dict[str, Any], plugin: str, planned: tuple[Any, Any, Any],
         except Exception as exc:
             c["error"] = f"{type(exc).__name__}: {exc}"[:200]
         else:
-            _time(c, "kernel", lambda i_, o_, pl=pl: launch(pl, i_, o_), make, rotations)
+            key = repr((pl.kernel.__name__, [str(d) for d in pl.grid], [str(a) for a in pl.args],
+                        sorted(pl.constexprs.items()), pl.num_warps, pl.num_stages))
+            if key in seen:
+                c["same_as"] = seen[key]
+            else:
+                seen[key] = cfg
+                _time(c, "kernel", lambda i_, o_, pl=pl: launch(pl, i_, o_), make, rotations)
         g["configs"].append(c)
     ok = [c for c in g["configs"] if "kernel_us" in c]
     if ok:
