@@ -9,8 +9,8 @@ mode 0 and eps = 0 gives NaN, and mode 2 clips an infinite norm to FLT_MAX, as t
 - ``l2norm_looped`` (inner = 1, n known only at run time, or longer): SPLIT programs a row (1;
   4 where there are fewer than SPLIT_BELOW rows), in chunks. Each sums the whole row's squares
   in the same order (so every part of a row divides by the same bits), then writes its part:
-  x read twice, the second time from L2. One launch, and no program waits for another: a
-  plugin's enqueue is one kernel.
+  x read twice (SPLIT times for the sums, the repeats mostly from L2). One launch, and no
+  program waits for another: a plugin's enqueue is one kernel.
 - ``l2norm_strided`` (inner > 1, e.g. axis 1 of NCHW): a program takes BLOCK_I neighbouring
   columns of one outer index and walks n in chunks, x read twice.
 """
